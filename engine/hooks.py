@@ -1,0 +1,100 @@
+"""The hook bus: where an engine's stops become events.
+
+An engine calls `bus.wants(stop, layer)` before it prepares anything for a stop, and
+`bus.emit(...)` only when that said yes. With no listener `wants` is one attribute
+read and a False, so a run nobody watches pays no copies, no syncs and no clock reads.
+
+Listeners are called in the engine's thread, in order: the recorder first, then the
+run controller, which may block (a breakpoint) until the user steps.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Protocol
+
+import numpy as np
+
+from traces.schema import Event, check_stop
+
+
+class Listener(Protocol):
+    def __call__(self, event: Event) -> None: ...
+
+
+def to_numpy(value) -> np.ndarray:
+    """A CPU numpy copy of a torch tensor or array-like; the engine's buffers stay untouched."""
+    if hasattr(value, "detach"):
+        t = value.detach()
+        if t.dtype.is_floating_point and t.dtype not in (_torch_f32(), _torch_f16()):
+            t = t.float()  # bf16 has no numpy dtype
+        return t.cpu().numpy().copy()
+    return np.array(value, copy=True)
+
+
+def _torch_f32():
+    import torch
+
+    return torch.float32
+
+
+def _torch_f16():
+    import torch
+
+    return torch.float16
+
+
+class HookBus:
+    def __init__(self) -> None:
+        self._listeners: list[Listener] = []
+        self._filter: Callable[[str, int | None], bool] | None = None
+        self.enabled = False
+        self._seq = 0
+        self._last_ns = 0
+
+    def add(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+        self.enabled = True
+
+    def set_filter(self, wants: Callable[[str, int | None], bool] | None) -> None:
+        """Narrow the stops emitted (a capture policy); None emits every stop."""
+        self._filter = wants
+
+    def wants(self, stop: str, layer: int | None = None) -> bool:
+        if not self.enabled:
+            return False
+        return self._filter is None or self._filter(stop, layer)
+
+    def start_step(self) -> None:
+        """Mark the start of a step's work, so the first stop's duration is its own."""
+        if self.enabled:
+            self._last_ns = time.perf_counter_ns()
+
+    def emit(
+        self,
+        stop: str,
+        step: int,
+        layer: int | None = None,
+        part: str = "",
+        tensors: dict | None = None,
+        **scalars,
+    ) -> Event:
+        now = time.perf_counter_ns()
+        check_stop(stop)
+        event = Event(
+            seq=self._seq,
+            stop=stop,
+            step=step,
+            layer=layer,
+            part=part,
+            tensors={k: to_numpy(v) for k, v in (tensors or {}).items()},
+            scalars=scalars,
+            t_start_ns=self._last_ns or now,
+            dur_ns=now - self._last_ns if self._last_ns else 0,
+        )
+        self._seq += 1
+        for listener in self._listeners:
+            listener(event)
+        # Copies and listeners (a paused controller included) are not the next stop's work.
+        self._last_ns = time.perf_counter_ns()
+        return event
