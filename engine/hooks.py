@@ -56,6 +56,10 @@ class HookBus:
         self._listeners.append(listener)
         self.enabled = True
 
+    def remove(self, listener: Listener) -> None:
+        self._listeners.remove(listener)
+        self.enabled = bool(self._listeners)
+
     def set_filter(self, wants: Callable[[str, int | None], bool] | None) -> None:
         """Narrow the stops emitted (a capture policy); None emits every stop."""
         self._filter = wants

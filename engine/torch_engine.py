@@ -73,6 +73,7 @@ class TorchEngine:
                 "weights": weight_table(self.gguf),
             },
             "vocab": {
+                "model": self.gguf.get("tokenizer.ggml.model", ""),  # gpt2 = byte-level BPE, llama = SentencePiece
                 "pieces": [tok.token_text(i) for i in range(tok.n_vocab)],
                 "special": [i for i in range(tok.n_vocab) if tok.is_special(i)],
                 "bos": tok.bos_id,

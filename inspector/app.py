@@ -1,0 +1,357 @@
+"""The inspector app: a navigator of stops, the views, the step scrubber, the stream and a status bar.
+
+    make_app(trace)                                  replay a trace
+    make_app(trace, controller, run=engine_loop)     a live run: `run` goes to a thread worker,
+                                                     appends to `trace` and calls `controller`
+
+The app owns what is selected (`selection`) and hands it down to the views; they render
+from the `Trace` alone. A live trace is polled 15 times a second, and only a change in
+its event count or in the controller's state costs more than a few attribute reads.
+When the run pauses, the views jump to the event it is paused at.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable
+
+from rich.text import Text
+from textual import work
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.reactive import reactive
+from textual.widgets import ContentSwitcher, Footer, Header, Static
+from textual.worker import Worker, WorkerState
+
+from engine.controller import RunCancelled, RunController
+from inspector.screens.help import HelpRow, HelpScreen
+from traces.base import Trace
+from traces.schema import STOP_BY_NAME, Event
+from views import colors
+from views.attention import AttentionView
+from views.event import EventView
+from views.logits import LogitsView
+from views.navigator import Navigator
+from views.safe import assemble, escape_controls
+from views.selection import VIEWS, Selection
+from views.steps import StepBar
+from views.stream import StreamText
+from views.tokens import TokensView
+
+POLL_HZ = 15
+
+STEP = Binding.Group("step", compact=True)
+HEAD = Binding.Group("head", compact=True)
+LAYER = Binding.Group("layer", compact=True)
+VIEW = Binding.Group("view")
+
+# Help sections, by the part of a binding id before the dot.
+SECTIONS = {"run": "live run", "nav": "move", "view": "views", "app": "app"}
+# Actions that need a live run, and those that only mean something in one view.
+LIVE_ACTIONS = {"pause_resume", "step_stop"}
+VIEW_ACTIONS = {"head": "attention"}
+
+
+def describe_model(info: dict) -> str:
+    """`SmolLM2-135M · llama · 30 layers · 9/3 heads · d 576 · torch cpu float32`, escaped."""
+    model, engine = info.get("model", {}), info.get("engine", {})
+    parts = [str(model.get("name") or model.get("file") or "model"), str(model.get("architecture", ""))]
+    if model.get("n_layer"):
+        parts.append(f"{model['n_layer']} layers")
+    if model.get("n_head"):
+        parts.append(f"{model['n_head']}/{model.get('n_head_kv', model['n_head'])} heads")
+    if model.get("n_embd"):
+        parts.append(f"d {model['n_embd']}")
+    if engine:
+        parts.append(" ".join(str(engine[k]) for k in ("name", "device", "dtype") if engine.get(k)))
+    return escape_controls(" · ".join(p for p in parts if p))
+
+
+class InspectorApp(App[None]):
+    """Step through one inference run, live or from a saved trace."""
+
+    CSS_PATH = "app.tcss"
+    ENABLE_COMMAND_PALETTE = False
+    BINDINGS = [
+        Binding("space", "pause_resume", "pause/go", id="run.pause", priority=True),
+        Binding("n", "step_stop", "next stop", id="run.step"),
+        Binding("left_square_bracket,left", "step(-1)", "previous step", id="nav.step-prev",
+                key_display="[", group=STEP),
+        Binding("right_square_bracket,right", "step(1)", "next step", id="nav.step-next",
+                key_display="]", group=STEP),
+        Binding("l", "layer(1)", "next layer", id="nav.layer-next", group=LAYER),
+        Binding("L", "layer(-1)", "previous layer", id="nav.layer-prev", group=LAYER),
+        Binding("h,full_stop", "head(1)", "next head", id="nav.head-next", key_display="h", group=HEAD),
+        Binding("H,comma", "head(-1)", "previous head", id="nav.head-prev", key_display="H", group=HEAD),
+        Binding("t", "view('tokens')", "tokens view", id="view.tokens", group=VIEW),
+        Binding("a", "view('attention')", "attention view", id="view.attention", group=VIEW),
+        Binding("g", "view('logits')", "logits view", id="view.logits", group=VIEW),
+        Binding("e", "view('event')", "event view (raw numbers)", id="view.event", group=VIEW, show=False),
+        Binding("question_mark", "help", "help", id="app.help", key_display="?"),
+        Binding("q", "quit", "quit", id="app.quit"),
+    ]
+
+    selection: reactive[Selection] = reactive(Selection, init=False)
+    """What the views show: step, stop, layer, head and which view."""
+
+    def __init__(
+        self,
+        trace: Trace,
+        controller: RunController | None = None,
+        title: str = "llm-inspect",
+        run: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self.trace = trace
+        self.controller = controller
+        self._run = run
+        self.title = escape_controls(title)
+        self.sub_title = describe_model(trace.info)
+        self.live = controller is not None or run is not None
+        self._follow = True  # a live run: keep showing the newest step until the person moves away
+        self._seen: tuple = ()
+        self._paused_at: Event | None = None
+        self._run_state = "running" if run is not None else ""
+        self._status: Text | None = None
+
+    # Layout ----------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(id="body"):
+            yield Navigator(id="nav")
+            with ContentSwitcher(initial="tokens", id="views"):
+                yield TokensView(id="tokens")
+                yield AttentionView(id="attention")
+                yield LogitsView(id="logits")
+                yield EventView(id="event")
+        yield StepBar(id="stepbar")
+        yield StreamText(id="stream")
+        yield Static(id="status")
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        self.query_one(StreamText).border_title = "stream"
+        nav = self.query_one(Navigator)
+        nav.build(self.trace)
+        nav.focus()
+        self._seen = self._trace_signature()
+        self.set_reactive(InspectorApp.selection, Selection(step=self._latest_step() if self.live else 0))
+        self._show()
+        self._update_status()
+        if self.live:
+            self.set_interval(1 / POLL_HZ, self._poll)
+        if self._run is not None:
+            self._run_engine()
+
+    # Selection -------------------------------------------------------------------
+
+    def watch_selection(self, selection: Selection) -> None:
+        self._show()
+
+    def _show(self) -> None:
+        sel, trace = self.selection, self.trace
+        switcher = self.query_one(ContentSwitcher)
+        switcher.current = sel.view
+        view = switcher.get_child_by_id(sel.view)
+        view.show(trace, sel)
+        self.query_one(Navigator).update_labels(trace, sel.step)
+        self.query_one(StepBar).show(trace, sel.step)
+        self.query_one(StreamText).show(trace, sel.step)
+
+    def on_navigator_picked(self, message: Navigator.Picked) -> None:
+        item, sel = message.item, self.selection
+        if not message.explicit and item.stop == sel.stop and item.layer in (None, sel.layer):
+            return  # the cursor followed the selection (a key, a pause): keep the view that was picked
+        self.selection = sel.with_stop(item.stop, item.layer)
+
+    def _latest_step(self) -> int:
+        steps = self.trace.steps
+        return steps[-1] if steps else 0
+
+    # Live runs -------------------------------------------------------------------
+
+    def _trace_signature(self) -> tuple:
+        steps = self.trace.steps
+        return (len(steps), len(self.trace.events(steps[-1])) if steps else 0, self.trace.complete)
+
+    def _poll(self) -> None:
+        """Cheap checks 15 times a second; redraw only what changed."""
+        signature = self._trace_signature()
+        if signature != self._seen:
+            self._seen = signature
+            self.query_one(Navigator).build(self.trace)
+            if self._follow and self.selection.step != self._latest_step():
+                self.selection = replace(self.selection, step=self._latest_step())
+            else:
+                self._show()
+        paused_at = self.controller.paused_at if self.controller else None
+        if paused_at is not None and paused_at is not self._paused_at:
+            self._jump_to(paused_at)
+        self._paused_at = paused_at
+        self._update_status()
+
+    def _jump_to(self, event: Event) -> None:
+        """Show the event the run is paused at: its step, its stop, its layer."""
+        self._follow = True
+        self.selection = replace(self.selection.with_stop(event.stop, event.layer), step=event.step)
+        self.query_one(Navigator).move_to(event.stop, event.layer)
+
+    @work(thread=True, exclusive=True, group="engine", exit_on_error=False, name="engine")
+    def _run_engine(self) -> None:
+        assert self._run is not None
+        self._run()
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """The one place the engine worker's end is handled."""
+        if event.worker.group != "engine":
+            return
+        if event.state == WorkerState.SUCCESS:
+            self._run_state = "finished"
+        elif event.state == WorkerState.ERROR:
+            error = event.worker.error
+            self._run_state = "cancelled" if isinstance(error, RunCancelled) else (
+                f"error · {type(error).__name__}: {error}")
+        elif event.state == WorkerState.CANCELLED:
+            self._run_state = "cancelled"
+        else:
+            return
+        self._poll()
+
+    def status_text(self) -> Text:
+        """Where the run is and why it stopped; the status bar's line."""
+        trace, ctl = self.trace, self.controller
+        if not self.live:
+            state = "complete" if trace.complete else "incomplete trace (run was cut short)"
+            return assemble(("replay", colors.ACCENT), f" · {state}",
+                            (f" · {len(trace.steps)} steps", colors.DIM))
+        if self._run_state.startswith("error"):
+            return assemble(("✖ ", colors.WARN), (self._run_state, colors.WARN))
+        if self._run_state == "cancelled":
+            return assemble(("■ cancelled", colors.WARN), f" · {len(trace.steps)} steps recorded")
+        if self._run_state == "finished" or (self._run is None and trace.complete):
+            done = "" if trace.complete else " · trace incomplete"
+            return assemble(("■ finished", colors.CHOSEN), f" · {len(trace.steps)} steps{done}")
+        paused_at = ctl.paused_at if ctl else None
+        if paused_at is not None:
+            text = assemble(("⏸ ", colors.SINK), (ctl.reason, colors.SINK), " · ", paused_at.describe())
+        else:
+            last = trace.events(trace.steps[-1])[-1:] if trace.steps else []
+            where = last[0].describe() if last else "starting"
+            text = assemble(("▶ running", colors.CHOSEN), " · ", where)
+        if ctl is not None and ctl.breakpoints:
+            text.append_text(assemble((" · breaks " + " ".join(str(b) for b in ctl.breakpoints), colors.DIM)))
+        return text
+
+    def _update_status(self) -> None:
+        text = self.status_text()
+        if text != self._status:
+            self._status = text
+            self.query_one("#status", Static).update(text)
+            self.refresh_bindings()
+
+    # Actions ---------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if len(self.screen_stack) > 1 and action not in ("quit", "help"):
+            return False  # a screen is open over the inspector (help): leave what is under it alone
+        if action in LIVE_ACTIONS:
+            if self.controller is None:
+                return False
+            return None if self._run_state in ("finished", "cancelled") or self._run_state.startswith("error") \
+                else True
+        if action in VIEW_ACTIONS and self.selection.view != VIEW_ACTIONS[action]:
+            return None
+        return True
+
+    def action_pause_resume(self) -> None:
+        assert self.controller is not None
+        if self.controller.paused:
+            self.controller.resume()
+        else:
+            self.controller.pause()
+        self._update_status()
+
+    def action_step_stop(self) -> None:
+        assert self.controller is not None
+        self.controller.step()
+        self._update_status()
+
+    def action_step(self, delta: int) -> None:
+        steps = self.trace.steps
+        if not steps:
+            return
+        current = self.selection.step
+        index = min(range(len(steps)), key=lambda i: abs(steps[i] - current))
+        index = max(0, min(len(steps) - 1, index + delta))
+        self._follow = index == len(steps) - 1
+        self.selection = replace(self.selection, step=steps[index])
+
+    def action_layer(self, delta: int) -> None:
+        n_layer = self.trace.n_layer
+        if n_layer < 1:
+            return
+        sel = self.selection
+        self.selection = replace(sel, layer=(sel.layer + delta) % n_layer)
+        stop = STOP_BY_NAME.get(sel.stop)
+        if stop is not None and stop.per_layer:
+            self.query_one(Navigator).move_to(sel.stop, self.selection.layer)
+
+    def action_head(self, delta: int) -> None:
+        n_head = int(self.trace.info.get("model", {}).get("n_head") or 0)
+        event = self.trace.get(self.selection.step, "attn", self.selection.layer)
+        if event is not None and "weights" in event.tensors:
+            n_head = event.tensors["weights"].shape[0]
+        if n_head < 1:
+            return
+        self.selection = replace(self.selection, head=(self.selection.head + delta) % n_head)
+
+    def action_view(self, view: str) -> None:
+        if view not in VIEWS:
+            return
+        self.selection = self.selection.with_view(view)
+        self.query_one(Navigator).move_to(self.selection.stop, self.selection.event_layer)
+
+    def action_help(self) -> None:
+        if isinstance(self.screen, HelpScreen):
+            self.pop_screen()
+        else:
+            self.push_screen(HelpScreen(self.help_rows()))
+
+    def help_rows(self) -> list[HelpRow]:
+        """Every binding of the app, by section, in the order declared."""
+        declared: dict[str, list[Binding]] = {}
+        for binding in Binding.make_bindings(self.BINDINGS):
+            declared.setdefault(binding.id or binding.action, []).append(binding)
+        rows = []
+        for binding_id, bindings in declared.items():
+            binding = bindings[0]
+            keys = [self.get_key_display(b.with_key(b.key)) for b in bindings]
+            action = binding.action.split("(")[0]
+            note = "live only" if action in LIVE_ACTIONS else VIEW_ACTIONS.get(action, "")
+            rows.append(HelpRow(SECTIONS.get(binding_id.split(".")[0], "other"), " ".join(keys),
+                                binding.description, note))
+        order = list(SECTIONS.values())
+        rows.sort(key=lambda r: order.index(r.section) if r.section in order else len(order))
+        rows += [
+            HelpRow("navigator", "↑ ↓", "move between stops"),
+            HelpRow("navigator", "enter", "show a stop's layers"),
+            HelpRow("navigator", "tab", "focus the view, to scroll it"),
+        ]
+        return rows
+
+    def on_unmount(self) -> None:
+        """However the app ends (q, ctrl+q, a test), a live run's engine thread must end too."""
+        if self.controller is not None:
+            self.controller.cancel()  # the engine thread raises RunCancelled at its next stop
+
+
+def make_app(
+    trace: Trace,
+    controller: RunController | None = None,
+    title: str = "llm-inspect",
+    run: Callable[[], None] | None = None,
+) -> InspectorApp:
+    """The app factory the CLI and the tests share."""
+    return InspectorApp(trace, controller=controller, title=title, run=run)

@@ -1,0 +1,169 @@
+"""The navigator: phases → stops → layers, in the stop catalog's order, with each stop's time.
+
+A stop the trace captured is drawn with ●, one it did not with a dim ○. The time beside a
+stop is the sum of its events' `dur_ns` at the selected step (all layers, for a per-layer
+stop); beside a layer, that layer's own time, with the slowest layer of the stop flagged.
+Moving the cursor posts `Navigator.Picked`; the app decides what to show.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+from rich.text import Text
+from textual.binding import Binding
+from textual.message import Message
+from textual.widgets import Tree
+from textual.widgets.tree import TreeNode
+
+from traces.base import Trace
+from traces.schema import PHASES, STOPS
+from views import colors
+from views.format import duration
+from views.safe import assemble
+
+PHASE_TITLES = {"entry": "entry", "layer": "layers", "exit": "exit", "protocol": "protocol"}
+
+
+@dataclass(frozen=True)
+class NavItem:
+    stop: str
+    layer: int | None = None
+
+
+def step_times(trace: Trace, step: int) -> tuple[dict[str, int], dict[tuple[str, int], int]]:
+    """Per stop and per (stop, layer): the summed `dur_ns` of the step's events."""
+    per_stop: dict[str, int] = defaultdict(int)
+    per_layer: dict[tuple[str, int], int] = defaultdict(int)
+    for event in trace.events(step):
+        per_stop[event.stop] += event.dur_ns
+        if event.layer is not None:
+            per_layer[(event.stop, event.layer)] += event.dur_ns
+    return per_stop, per_layer
+
+
+class Navigator(Tree[NavItem]):
+    """The stop tree of one trace."""
+
+    # The tree never needs to scroll sideways: ← → move between steps, as they do in the app.
+    BINDINGS = [
+        Binding("left", "app.step(-1)", "previous step", show=False),
+        Binding("right", "app.step(1)", "next step", show=False),
+    ]
+
+    class Picked(Message):
+        """The cursor moved onto a stop (and layer), or (`explicit`) the person pressed enter on it."""
+
+        def __init__(self, item: NavItem, explicit: bool = False) -> None:
+            super().__init__()
+            self.item = item
+            self.explicit = explicit
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__("stops", **kwargs)
+        self.show_root = False
+        self.guide_depth = 2
+        self._stop_nodes: dict[str, TreeNode[NavItem]] = {}
+        self._layer_nodes: dict[tuple[str, int], TreeNode[NavItem]] = {}
+        self._n_layer = -1
+        self._shown: tuple | None = None
+        self._captured: set[str] = set()
+        self._labels: dict[int, Text] = {}
+        self._scanned = 0  # steps whose stops are in `_captured` for good (all but a live run's last)
+
+    def build(self, trace: Trace) -> None:
+        """(Re)build the tree when the layer count is known or changes."""
+        n_layer = trace.n_layer
+        if n_layer == self._n_layer:
+            return
+        self._n_layer = n_layer
+        self.clear()
+        self._stop_nodes.clear()
+        self._layer_nodes.clear()
+        self._labels.clear()
+        for phase in PHASES:
+            stops = [s for s in STOPS if s.phase == phase]
+            if not stops:
+                continue
+            phase_node = self.root.add(Text(PHASE_TITLES.get(phase, phase), style="bold"), expand=True)
+            for stop in stops:
+                if stop.per_layer:
+                    node = phase_node.add(Text(stop.title), data=NavItem(stop.name), expand=False)
+                    for layer in range(n_layer):
+                        self._layer_nodes[(stop.name, layer)] = node.add_leaf(
+                            Text(f"layer {layer}"), data=NavItem(stop.name, layer))
+                else:
+                    node = phase_node.add_leaf(Text(stop.title), data=NavItem(stop.name))
+                self._stop_nodes[stop.name] = node
+        self._shown = None
+
+    def update_labels(self, trace: Trace, step: int) -> None:
+        """Captured marks and times for `step`; skipped when nothing changed."""
+        key = (step, len(trace.steps), len(trace.events(step)))
+        if key == self._shown:
+            return
+        self._shown = key
+        captured = self._captured_stops(trace)
+        per_stop, per_layer = step_times(trace, step)
+        slowest: dict[str, int] = {}
+        for (stop, layer), ns in per_layer.items():
+            if ns > per_layer.get((stop, slowest.get(stop, -1)), -1):
+                slowest[stop] = layer
+        for stop in STOPS:
+            node = self._stop_nodes.get(stop.name)
+            if node is None:
+                continue
+            here = stop.name in per_stop
+            mark = ("● ", colors.CHOSEN) if stop.name in captured else ("○ ", colors.DIM)
+            label = assemble(mark, (stop.title, "" if stop.name in captured else colors.DIM))
+            if here:
+                label.append_text(assemble((f" {duration(per_stop[stop.name])}", colors.DIM)))
+            self._set_label(node, label)
+            if stop.per_layer:
+                for layer in range(self._n_layer):
+                    lnode = self._layer_nodes[(stop.name, layer)]
+                    ns = per_layer.get((stop.name, layer))
+                    text = assemble(f"layer {layer}")
+                    if ns is not None:
+                        slow = slowest.get(stop.name) == layer and self._n_layer > 1
+                        text.append_text(assemble((f" {duration(ns)}", colors.WARN if slow else colors.DIM)))
+                    self._set_label(lnode, text)
+        self.border_title = Text(f"stops · step {step}")
+
+    def _set_label(self, node: TreeNode[NavItem], label: Text) -> None:
+        """Relabel only what changed: a live run changes a few labels per poll, not all 400."""
+        if self._labels.get(id(node)) != label:
+            self._labels[id(node)] = label
+            node.set_label(label)
+
+    def _captured_stops(self, trace: Trace) -> set[str]:
+        """The stops seen anywhere in the trace, scanning each finished step once."""
+        steps = trace.steps
+        for step in steps[self._scanned:]:
+            self._captured.update(e.stop for e in trace.events(step))
+        self._scanned = max(0, len(steps) - 1)
+        return self._captured
+
+    def move_to(self, stop: str, layer: int | None) -> None:
+        """Put the cursor on a stop (its layer, if given); the `Picked` this posts names what is shown already."""
+        node = self._layer_nodes.get((stop, layer)) if layer is not None else None
+        if node is None:
+            node = self._stop_nodes.get(stop)
+        if node is None or node is self.cursor_node:
+            return
+        parent = node.parent
+        while parent is not None:
+            parent.expand()
+            parent = parent.parent
+        self.call_after_refresh(self.move_cursor, node)
+
+    def on_tree_node_highlighted(self, event: Tree.NodeHighlighted[NavItem]) -> None:
+        event.stop()
+        if event.node.data is not None:
+            self.post_message(self.Picked(event.node.data))
+
+    def on_tree_node_selected(self, event: Tree.NodeSelected[NavItem]) -> None:
+        event.stop()
+        if event.node.data is not None:
+            self.post_message(self.Picked(event.node.data, explicit=True))

@@ -1,0 +1,172 @@
+"""The tokens view: the prompt text, then every token as a chip (piece and id).
+
+Prompt tokens and generated tokens are told apart by colour, special tokens are flagged,
+byte-level pieces are shown decoded with visible whitespace (␣ ⏎ ⇥). The token drawn at the
+selected step is underlined; tokens drawn after it are dimmed, so scrubbing through the
+steps replays the generation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rich.cells import cell_len
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import VerticalScroll
+from textual.widget import Widget
+from textual.widgets import Static
+
+from traces.base import Trace
+from views import colors
+from views.pieces import piece_format
+from views.safe import NL, assemble, safe, truncate
+from views.selection import Selection
+
+
+@dataclass(frozen=True)
+class Token:
+    id: int
+    text: str  # readable, escaped
+    special: bool
+    step: int | None  # the step that drew it; None for prompt tokens
+
+
+def prompt_tokens(trace: Trace) -> list[Token]:
+    fmt = piece_format(trace)
+    event = trace.get(0, "tokenize")
+    ids = trace.prompt_ids()
+    pieces = list(event.scalars.get("pieces", [])) if event else []
+    if len(pieces) != len(ids):
+        pieces = [None] * len(ids)
+    return [Token(i, fmt.show(i, p), fmt.is_special(i), None) for i, p in zip(ids, pieces)]
+
+
+def generated_tokens(trace: Trace) -> list[Token]:
+    fmt = piece_format(trace)
+    out = []
+    for step in trace.steps:
+        for event in trace.find(step, "sample"):
+            if event.part == "" and "token" in event.scalars:
+                token = int(event.scalars["token"])
+                piece = event.scalars.get("piece")
+                out.append(Token(token, fmt.show(token, piece if isinstance(piece, str) else None),
+                                 fmt.is_special(token), step))
+    return out
+
+
+def chip(token: Token, selected_step: int) -> Text:
+    """` piece id ` on the token's background."""
+    bg = colors.PROMPT_BG if token.step is None else colors.GENERATED_BG
+    style = f"on {bg}"
+    if token.special:
+        style += f" {colors.SPECIAL}"
+    if token.step is not None and token.step == selected_step:
+        style += " bold underline"
+    text = assemble((f" {truncate(token.text, 24)} ", style), (f"{token.id} ", f"{colors.DIM} on {bg}"))
+    if token.step is not None and token.step > selected_step:
+        text.stylize("dim")
+    return text
+
+
+def wrap_chips(chips: list[Text], width: int) -> list[Text]:
+    """Pack chips into lines of at most `width` cells, one space apart, never splitting a chip."""
+    lines: list[Text] = []
+    line, used = Text(end=""), 0
+    for c in chips:
+        n = cell_len(c.plain)
+        if used and used + 1 + n > width:
+            lines.append(line)
+            line, used = Text(end=""), 0
+        if used:
+            line.append(" ")
+            used += 1
+        if n > width:
+            c = c[: max(1, width)]
+            n = width
+        line.append_text(c)
+        used += n
+    if used or not lines:
+        lines.append(line)
+    return lines
+
+
+class TokenChips(Widget):
+    """The chips, wrapped to the widget's width."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._chips: list[Text] = []
+
+    def set_chips(self, chips: list[Text]) -> None:
+        self._chips = chips
+        self.refresh(layout=True)
+
+    def get_content_height(self, container, viewport, width: int) -> int:
+        return len(wrap_chips(self._chips, max(1, width)))
+
+    def render(self) -> Text:
+        return Text("\n", end="").join(wrap_chips(self._chips, max(1, self.size.width)))
+
+
+class TokensView(VerticalScroll):
+    """Prompt text and tokens of a trace, as of the selected step."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._shown: tuple | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="tokens-title", classes="view-title")
+        yield Static(id="tokens-prompt")
+        yield TokenChips(id="tokens-chips")
+        yield Static(id="tokens-legend", classes="legend")
+
+    def show(self, trace: Trace, selection: Selection) -> None:
+        # Cheap change check: the step shown, and how many tokens the run has drawn.
+        steps = trace.steps
+        key = (id(trace), selection.step, len(steps), bool(steps and trace.get(steps[-1], "sample")))
+        if key == self._shown:
+            return
+        self._shown = key
+        step = selection.step
+        prompt = prompt_tokens(trace)
+        generated = generated_tokens(trace)
+        text_event = trace.get(0, "text")
+        prompt_text = text_event.scalars.get("text") if text_event else None
+        if not isinstance(prompt_text, str):
+            prompt_text = str(trace.info.get("prompt", ""))
+        n_bytes = len(prompt_text.encode("utf-8", errors="replace"))
+        if text_event is not None and "bytes" in text_event.tensors:
+            n_bytes = int(text_event.tensors["bytes"].size)
+
+        drawn = next((t for t in generated if t.step == step), None)
+        title = assemble(("tokens", colors.ACCENT), (" · in ", colors.DIM))
+        if step == 0:
+            title.append_text(assemble(f"{len(prompt)} prompt tokens"))
+        else:
+            before = next((t for t in generated if t.step == step - 1), None)
+            title.append_text(assemble((before.text if before else "?", "bold")))
+        if drawn is not None:
+            title.append_text(assemble((" · out ", colors.DIM), (drawn.text, colors.CHOSEN), (f" {drawn.id}", colors.DIM)))
+        self.query_one("#tokens-title", Static).update(title)
+
+        heading = assemble(("prompt", "bold"), (f" · {len(prompt)} tokens · {n_bytes} bytes UTF-8", colors.DIM))
+        heading.append("\n")
+        heading.append_text(safe(prompt_text, keep_newlines=True))
+        self.query_one("#tokens-prompt", Static).update(heading)
+
+        chips = [chip(t, step) for t in prompt]
+        if generated:
+            chips.append(Text("→", style=colors.DIM))
+            chips.extend(chip(t, step) for t in generated)
+        self.query_one("#tokens-chips", TokenChips).set_chips(chips)
+
+        self.query_one("#tokens-legend", Static).update(
+            assemble(
+                ("  ", f"on {colors.PROMPT_BG}"), " prompt  ", ("  ", f"on {colors.GENERATED_BG}"), " generated  ",
+                ("<|…|>", colors.SPECIAL), " special  ", ("dim", "dim"), " later", NL,
+                ("␣", "bold"), " space ", ("⏎", "bold"), " newline ", ("⇥", "bold"), " tab · ",
+                ("underlined", "underline"), ": drawn now",
+            )
+        )
