@@ -1,46 +1,117 @@
 """llama.cpp's CPU numerics, reproduced so our numbers can be compared with its numbers.
 
-ggml's CPU matmul does not multiply a quantized weight by float activations: it first
-quantizes the activations to the weight type's "vec_dot_type" and takes integer dot
-products. Q4_0/Q5_0/Q8_0 weights meet Q8_0 activations, Q4_1/Q5_1 meet Q8_1 (both blocks
-of 32 int8 with an fp16 scale), F16 weights meet fp16 activations. The KV cache is fp16,
-so K and V are rounded when stored, the query is rounded to fp16 for K·Q, and the softmax
-weights are rounded to fp16 before they multiply V (flash attention off, as the
-attention stop needs).
+Three modes:
 
-`llamacpp` numerics apply those roundings to float tensors (fake quantization: the
-arithmetic stays torch's), which is what makes greedy tokens agree with llama.cpp's;
-`exact` skips them and computes plain float32 from the dequantized weights.
+* `exact`: plain float32 from the dequantized weights.
+* `llamacpp` (the default): what ggml's CPU backend computes, bit for bit: every rounding it
+  performs (listed below) and the order in which it sums float partial results. Every node
+  of llama.cpp's graph up to the final norm comes out bit-identical (checked node by node
+  through its eval callback, engine/llamacpp_graph.py), so the logits agree to ~3e-5 (the
+  output matmul is the one left vectorized: nothing downstream of the logits rounds) and
+  greedy tokens agree step for step (bench/parity.py). The summation order needs a loop over
+  the blocks of 32 of each Q4_1 matmul and over the chunks of the attention dot products;
+  on 2 cores SmolLM2-135M decodes at ~4.5 tok/s this way (fp32 `exact`: ~14).
+  The bit-exact kernels apply to float32 on the CPU and to Q4_1/Q8_1 matmuls; anything else
+  (other weight types, bf16, a GPU) gets the `llamacpp-fast` computation.
+* `llamacpp-fast`: every rounding, vectorized, but torch's summation order: each op lands
+  within ~1e-7 relative of llama.cpp's (~9.8 tok/s). That is not enough to follow
+  llama.cpp's greedy path: see the last paragraph.
+
+What ggml does on an AVX2/F16C/FMA CPU, read from ggml-cpu (ggml-cpu.c, arch/x86/quants.c,
+vec.h/vec.cpp, ops.cpp, llamafile/sgemm.cpp) and checked tensor by tensor:
+
+* Quantized matmuls never see float activations: ggml first quantizes them to the weight
+  type's `vec_dot_type` and takes integer dot products per block of 32. Q4_0/Q5_0/Q8_0
+  weights meet Q8_0 activations, Q4_1/Q5_1 meet Q8_1. Both keep d = amax/127 as fp16 and
+  q = round-half-even(x * id), id = 127.f/amax divided once (quantize_row_q8_0/q8_1).
+* Q8_1 carries a second number per block, s = fp16(d * sum(q)) with d the *fp32* scale, and
+  vec_dot_q4_1_q8_1 adds the weight block's min times that s: sum_b d_w*d_x*isum_b + m_w*s_b.
+  Multiplying fake-quantized activations by the dequantized weight (d_w*q_w + m_w) gives
+  m_w*d_x16*sum(q) instead, d_x16 being the fp16-rounded d. This was the first and biggest
+  difference: Qcur-0 (one token, "hello") came out 3e-4 relative away from llama.cpp's
+  without the correction, 2e-7 with it. `linear` adds (s - d_x16*sum(q)) @ mins^T.
+* F16 (and the fp16 KV cache) meets fp16 activations: Q is rounded to fp16 for K·Q and the
+  softmax weights are rounded to fp16 before they multiply V (flash attention off).
+* RMSNorm: x*x (float) summed in double, mean rounded to float, scale = 1.0f/sqrtf(mean+eps)
+  (two float roundings; torch's own float32 sqrt is an ulp off now and then), (x*scale)*w.
+* Softmax: ggml_v_expf (its own polynomial exp, with FMAs) on x - max, sums of 8 lanes in
+  float added in double, then a multiply by (float)(1/sum). SwiGLU: x/(1+ggml_v_expf(-x))*up.
+* RoPE: theta_i = pos * theta_scale^i by repeated float32 multiplication, theta_scale =
+  powf(base, -2/n_dims), cosf/sinf from the C library, and the rotation compiled with FMA
+  contraction: y0 = fma(x0, cos, -x1*sin), y1 = fma(x0, sin, x1*cos).
+
+Why the summation order matters. vec_dot_q4_1_q8_1 accumulates 8 float lanes block after
+block with an fma each and adds the mins' sum last; K·Q and softmax·V go through
+ggml_vec_dot_f16 (4x8 accumulators, 32 elements a step) for one token and llamafile's tinyBLAS
+(one 8-lane accumulator per output, chunks of 8) for a batch of two or more tokens. Summed in
+any other order the results move by ~1e-7 relative, and then a Q8 quantization downstream turns
+one of those into a whole quantization step (an activation crossing a rounding boundary), which
+the next layers amplify: a few layers on, hidden states differ by ~1e-3, and the logits by a
+cosine of ~0.999, enough to flip near-ties in greedy decoding. llama.cpp does the same to
+itself: the logits of a position computed in a batched prefill and in one-token decode differ
+exactly that way (bench/parity.py, row "llama.cpp batch"), and its greedy path changes with them.
 """
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 from gguf import GGMLQuantizationType as T
 
-NUMERICS = ("llamacpp", "exact")
+NUMERICS = ("llamacpp", "exact", "llamacpp-fast")
 
 # The activation format each weight type's dot product uses (ggml-cpu type_traits vec_dot_type).
 VEC_DOT_TYPE = {
     T.Q4_0: "q8_0",
     T.Q5_0: "q8_0",
     T.Q8_0: "q8_0",
+    T.IQ4_NL: "q8_0",
     T.Q4_1: "q8_1",
     T.Q5_1: "q8_1",
     T.F16: "f16",
 }
 
+# Weight types whose blocks are d*q + m (a min per block of 32): their dot product with Q8_1
+# adds m * s, s being Q8_1's fp16 block sum.
+_WITH_MIN = {T.Q4_1, T.Q5_1}
+
+
+_C127 = torch.tensor(127.0, dtype=torch.float32)
+_ONE = torch.tensor(1.0, dtype=torch.float32)
+_ONE_D = torch.tensor(1.0, dtype=torch.float64)
+
+
+def _q8_blocks(x: torch.Tensor):
+    """ggml's quantize_row_q8_0/q8_1 (AVX2), per block of 32 along the last axis: returns the
+    float32 blocks' integer quants q (as float), the fp16-rounded d, and the fp32 d."""
+    shape = x.shape
+    blocks = x.float().reshape(*shape[:-1], shape[-1] // 32, 32)
+    amax = blocks.abs().amax(dim=-1, keepdim=True)
+    d32 = amax / 127
+    # A tensor numerator: torch computes `127 / t` as reciprocal(t) * 127, two roundings, which
+    # moves x*id off an exact .5 now and then; ggml divides once (id = 127.f/max).
+    inv = torch.where(amax > 0, torch.div(_C127, amax), torch.zeros_like(amax))
+    q = torch.round(blocks * inv)  # round half to even, like _mm256_round_ps(_MM_ROUND_NEAREST)
+    return q, d32.half().float(), d32
+
 
 def quantize_q8(x: torch.Tensor) -> torch.Tensor:
     """Round x to what ggml's quantize_row_q8_0/q8_1 (AVX2) keep: per block of 32 along the
     last axis, d = amax/127 stored as fp16 and q = round-to-nearest-even(x * 127/amax)."""
-    shape = x.shape
-    blocks = x.float().reshape(*shape[:-1], shape[-1] // 32, 32)
-    amax = blocks.abs().amax(dim=-1, keepdim=True)
-    d = (amax / 127).half().float()
-    inv = torch.where(amax > 0, 127 / amax, torch.zeros_like(amax))
-    q = torch.round(blocks * inv)
-    return (q * d).reshape(shape).to(x.dtype)
+    q, d16, _ = _q8_blocks(x)
+    return (q * d16).reshape(x.shape).to(x.dtype)
+
+
+def quantize_q8_1(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Q8_1 fake quantization and the correction its s term needs: returns (x rounded to
+    q*d16, per-block s - d16*sum(q)) with s = fp16(d32 * sum(q)) as quantize_row_q8_1 stores it."""
+    q, d16, d32 = _q8_blocks(x)
+    sq = q.sum(dim=-1, keepdim=True)
+    s = (d32 * sq).half().float()
+    delta = (s - d16 * sq).squeeze(-1)  # (..., n_blocks)
+    return (q * d16).reshape(x.shape).to(x.dtype), delta.to(x.dtype)
 
 
 def round_f16(x: torch.Tensor) -> torch.Tensor:
@@ -55,6 +126,17 @@ def round_activation(x: torch.Tensor, vec_dot_type: str | None) -> torch.Tensor:
     return x
 
 
+def block_mins(weight: torch.Tensor) -> torch.Tensor:
+    """The per-block min m of a dequantized Q4_1/Q5_1 weight [n_out, n_in] -> [n_out, n_in/32].
+
+    A block dequantizes to d*q + m with q >= 0, and ggml's quantizers put q = 0 on the
+    block's smallest element, so the smallest dequantized value is m itself. (An imatrix
+    quantization that clamps m to 0 for an all-positive block would break that; the error
+    left is then (d*q_min) times the tiny s correction, second order.)"""
+    n_out, n_in = weight.shape
+    return weight.reshape(n_out, n_in // 32, 32).amin(dim=-1)
+
+
 class Numerics:
     """The rounding a model applies where llama.cpp would, or none (`exact`)."""
 
@@ -62,13 +144,338 @@ class Numerics:
         if mode not in NUMERICS:
             raise ValueError(f"unknown numerics {mode!r} (one of {', '.join(NUMERICS)})")
         self.mode = mode
-        on = mode == "llamacpp"
+        self.on = on = mode in ("llamacpp", "llamacpp-fast")
+        # `llamacpp` also follows ggml's float summation order in the Q4_1 matmuls and in K·Q
+        # and softmax·V (see the module doc): loops over blocks, ~2x slower than llamacpp-fast.
+        self.bitexact = mode == "llamacpp"
+        self.types = dict(weight_types)
+        self._bx: dict[str, tuple] = {}  # name -> (weight, its bit-exact layout)
+        self._last_bx: tuple | None = None  # (input, its Q8_1 quantization laid out for _linear_q4_1_bitexact)
         self.act = {name: VEC_DOT_TYPE.get(t) for name, t in weight_types.items()} if on else {}
+        self.with_min = {name for name, t in weight_types.items() if t in _WITH_MIN} if on else set()
         self.kv = round_f16 if on else _identity
+        self._mins: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # name -> (weight, its block mins^T)
+        self._last: tuple | None = None  # (input, vec_dot_type, quantized input, s correction)
+        self._rope: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # -- matmuls ---------------------------------------------------------------------
+
+    def _quantized(self, x: torch.Tensor, vdt: str):
+        # q, k, v share one input and so do gate and up: ggml quantizes it once too. (Held by
+        # reference, so `is` cannot match a new tensor; the model never writes into its inputs.)
+        last = self._last
+        if last is not None and last[0] is x and last[1] == vdt:
+            return last[2], last[3]
+        if vdt == "q8_1":
+            xq, delta = quantize_q8_1(x)
+        else:
+            xq, delta = round_activation(x, vdt), None
+        self._last = (x, vdt, xq, delta)
+        return xq, delta
+
+    def _mins_t(self, weight: torch.Tensor, name: str) -> torch.Tensor:
+        cached = self._mins.get(name)
+        if cached is None or cached[0] is not weight:
+            cached = (weight, block_mins(weight).t().contiguous())
+            self._mins[name] = cached
+        return cached[1]
 
     def linear(self, x: torch.Tensor, weight: torch.Tensor, name: str) -> torch.Tensor:
-        """x @ weight.T, with x rounded to the weight's vec_dot_type first."""
-        return round_activation(x, self.act.get(name)) @ weight.T
+        """x @ weight.T, as ggml's CPU matmul computes it for the weight's type."""
+        vdt = self.act.get(name)
+        if vdt is None:
+            return x @ weight.T
+        if self.bitexact and self.types.get(name) == T.Q4_1 and x.dtype == torch.float32 and x.device.type == "cpu":
+            return self._linear_q4_1_bitexact(x, weight, name)
+        xq, delta = self._quantized(x, vdt)
+        y = xq @ weight.T
+        if delta is not None and name in self.with_min:
+            y = y + delta @ self._mins_t(weight, name)
+        return y
+
+    def _linear_q4_1_bitexact(self, x: torch.Tensor, weight: torch.Tensor, name: str) -> torch.Tensor:
+        """ggml_vec_dot_q4_1_q8_1 (AVX2) for every row: per block b, the 8 lanes of
+        maddubs/madd (lane l = sum of the 4 products 4l..4l+3) are accumulated with
+        acc = fma(d_w*d_x, lane, acc); the mins with summs += m_w * s_x in float; the row's
+        result is hsum_float_8(acc) + summs. (Every row of a batch goes through the same
+        vec_dot: llamafile's sgemm has no Q4_1 kernel.)"""
+        cached = self._bx.get(name)
+        if cached is None or cached[0] is not weight:
+            n_out, n_in = weight.shape
+            mins = block_mins(weight)  # (n_out, nb)
+            wc = weight.reshape(n_out, n_in // 32, 32) - mins[..., None]  # d_w*q_w, exact
+            # [4, n_in/4, 1, n_out]: element k of each group of four (a lane sums 4 consecutive products).
+            wc = wc.reshape(n_out, n_in // 4, 4).permute(2, 1, 0).contiguous()[:, :, None, :]
+            cached = (weight, wc, mins.t().contiguous())
+            self._bx[name] = cached
+        _, wc, mins_t = cached
+        nb, n_out = mins_t.shape
+        lead = x.shape[:-1]
+        last = self._last_bx
+        if last is not None and last[0] is x:  # q, k, v (and gate, up) share their input
+            xk, dx, s_x = last[1]
+        else:
+            xt = x.reshape(-1, x.shape[-1])
+            q, d16, d32 = _q8_blocks(xt)  # (n, nb, 32), (n, nb, 1), (n, nb, 1)
+            s_x = (d32 * q.sum(-1, keepdim=True)).half().float()[..., 0]  # (n, nb): Q8_1's s
+            xk = q.reshape(q.shape[0], -1, 4).permute(2, 1, 0).contiguous()[..., None]  # (4, nb*8, n, 1)
+            dx = d16[..., 0].t().contiguous().double()[:, None, :, None]  # (nb, 1, n, 1)
+            self._last_bx = (x, (xk, dx, s_x))
+        n = s_x.shape[0]
+        ms = mins_t[:, None, :] * s_x.t()[:, :, None]  # (nb, n, n_out): m_w * s_x, exact in float
+        out = torch.empty(n, n_out, dtype=torch.float32)
+        rows = max(1, (1 << 22) // (wc.shape[1] * n_out))  # rows per chunk: bounds the lane tensors
+        for r0 in range(0, n, rows):
+            r1 = min(n, r0 + rows)
+            # lane l of block b = d_w * (sum of 4 integer products): exact in float32 (<= 24 bits).
+            lanes = wc[0] * xk[0, :, r0:r1]  # (nb*8, m, n_out)
+            for k in range(1, 4):
+                lanes.addcmul_(wc[k], xk[k, :, r0:r1])
+            terms = lanes.view(nb, 8, r1 - r0, n_out).double()
+            terms.mul_(dx[:, :, r0:r1])  # d_x * d_w * isum: exact in double
+            # ggml's order: one block after the other, each fma rounding once to float. numpy,
+            # because this loop is all per-op overhead: an add in double, a store that rounds.
+            t = terms.numpy()
+            acc = t[0].astype(np.float32)
+            tmp = np.empty(acc.shape, dtype=np.float64)
+            msn = ms[:, r0:r1].numpy()
+            summs = msn[0].copy()
+            for b in range(1, nb):
+                np.add(acc, t[b], out=tmp)
+                acc[...] = tmp
+                np.add(summs, msn[b], out=summs)
+            out[r0:r1] = hsum8(torch.from_numpy(acc).movedim(0, -1)) + torch.from_numpy(summs)
+        return out.reshape(*lead, n_out)
+
+    # -- attention --------------------------------------------------------------------
+
+    def attn_scores(self, q: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """K·Q: q [T, nh, hd], keys [n_keys, nh, hd] (as stored in the cache) -> [nh, T, n_keys].
+        llama.cpp's KV cache is fp16 and its F16 matmul rounds Q to fp16 too."""
+        q = self.kv(q)
+        if not self.bitexact or q.dtype != torch.float32:
+            return torch.einsum("qhd,khd->hqk", q, keys)
+        T, k = q.shape[0], keys.permute(1, 0, 2)[:, None, :, :]
+        qh = q.permute(1, 0, 2)[:, :, None, :]
+        # The products (nh, rows, n_keys, hd) are materialized, a slice of query rows at a time.
+        step = _rows_per_chunk(k.numel(), T)
+        return torch.cat([_f16_dot(qh[:, i:i + step] * k, T) for i in range(0, T, step)], dim=1)
+
+    def attn_values(self, weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """softmax·V: weights [nh, T, n_keys], values [n_keys, nh, hd] -> [T, nh, hd], with the
+        weights rounded to fp16 first (the V cache is fp16)."""
+        w = self.kv(weights).to(values.dtype)
+        if not self.bitexact or w.dtype != torch.float32:
+            return torch.einsum("hqk,khd->qhd", w, values)
+        T, v = w.shape[1], values.permute(1, 2, 0)[:, None, :, :]
+        wh = w[:, :, None, :]
+        step = _rows_per_chunk(v.numel(), T)  # products (nh, rows, hd, n_keys), a slice at a time
+        return torch.cat([_f16_dot(wh[:, i:i + step] * v, T) for i in range(0, T, step)], dim=1).permute(1, 0, 2)
+
+    # -- the small ops ----------------------------------------------------------------
+
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        if not self.on:
+            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+        # ggml_compute_forward_rms_norm_f32: float squares summed in double, float mean,
+        # scale = 1.0f/sqrtf(mean + eps), y = (x * scale) * w.
+        # sqrtf is correctly rounded; torch's float32 sqrt is not on every CPU (its vectorized
+        # kernel is an ulp off now and then), so the root is taken in double and rounded to
+        # float, then 1.0f/root is a float division, as in ggml.
+        mean = ((x * x).double().sum(-1, keepdim=True) / x.shape[-1]).float()
+        root = torch.sqrt((mean + _f32(eps)).double()).float()
+        scale = torch.div(_ONE, root)
+        return x * scale.to(x.dtype) * weight
+
+    def softmax(self, x: torch.Tensor) -> torch.Tensor:
+        """Softmax over the last axis (masked entries are -inf)."""
+        if not self.on:
+            return torch.softmax(x, dim=-1)
+        # ggml_vec_soft_max_f32 (AVX2): y = ggml_v_expf(x - max) eight lanes at a time, each
+        # eight summed in float (hsum order), those sums added in double; then y *= (float)(1/sum).
+        n = x.shape[-1]
+        pad = -n % 8
+        xs = x - x.amax(dim=-1, keepdim=True)
+        e = ggml_v_expf(xs)
+        ep = torch.nn.functional.pad(e, (0, pad)) if pad else e
+        s8 = hsum8(ep.reshape(*ep.shape[:-1], (n + pad) // 8, 8))
+        inv = torch.div(_ONE_D, s8.double().sum(dim=-1, keepdim=True)).float()
+        return (e * inv).to(x.dtype)
+
+    def swiglu(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        """silu(gate) * up."""
+        if not self.on:
+            return torch.nn.functional.silu(gate) * up
+        # ggml_vec_swiglu_f32 (AVX2): ggml_v_silu(x) = x / (1 + ggml_v_expf(-x)), times up.
+        return (gate / (1.0 + ggml_v_expf(-gate).to(gate.dtype)) * up).to(gate.dtype)
+
+    def rope_cos_sin(self, positions: torch.Tensor, rope_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin of each (position, pair) angle pos * theta^(-2i/d): [T, rope_dim/2] each."""
+        n = rope_dim // 2
+        if not self.on:
+            inv_freq = theta ** (-torch.arange(0, rope_dim, 2, dtype=torch.float64, device=positions.device) / rope_dim)
+            angles = positions.to(torch.float64)[:, None] * inv_freq[None, :]
+            return torch.cos(angles), torch.sin(angles)
+        # ggml_rope_cache_init: theta = (float)pos, then theta *= theta_scale once per pair, in
+        # float32, with theta_scale = powf(freq_base, -2.0f/n_dims); then cosf/sinf of that float,
+        # the C library's (glibc's cosf is within an ulp, not always the correctly rounded value).
+        key = (tuple(positions.tolist()), rope_dim, theta)
+        hit = self._rope.get(key)
+        if hit is not None:
+            return hit
+        scale = np.float32(math.pow(np.float32(theta), np.float32(-2.0) / np.float32(rope_dim)))
+        ang = np.empty((len(key[0]), n), dtype=np.float32)
+        ang[:, 0] = np.asarray(key[0], dtype=np.float32)
+        for i in range(1, n):  # a loop over the rope_dim/2 pairs, not over data blocks
+            ang[:, i] = ang[:, i - 1] * scale
+        cos, sin = _libm_cos_sin(ang)
+        out = (torch.from_numpy(cos).to(positions.device), torch.from_numpy(sin).to(positions.device))
+        if len(self._rope) > 4096:
+            self._rope.clear()
+        self._rope[key] = out
+        return out
+
+    def rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """Rotate adjacent pairs (x[2i], x[2i+1]) of x [T, n_heads, head_dim] by the angles whose
+        cos/sin [T, rope_dim/2] are given: llama.cpp's "normal" RoPE, which GGUF llama weights
+        expect (the converter permuted Q and K so the HF rotate-half form becomes this)."""
+        rope_dim = cos.shape[-1] * 2
+        rot, rest = x[..., :rope_dim], x[..., rope_dim:]
+        x0, x1 = rot[..., 0::2], rot[..., 1::2]
+        c = cos.to(x.dtype)[:, None, :]  # (T, 1, rope_dim/2)
+        s = sin.to(x.dtype)[:, None, :]
+        if not self.on:
+            out = torch.stack((x0 * c - x1 * s, x0 * s + x1 * c), dim=-1).flatten(-2)
+        else:
+            # ggml's rotate_pairs is compiled with FMA contraction (gnu++17 at -O3 with FMA):
+            # y0 = fma(x0, cos, -(x1*sin)), y1 = fma(x0, sin, x1*cos).
+            out = torch.stack((fma(x0, c, -(x1 * s)), fma(x0, s, x1 * c)), dim=-1).flatten(-2).to(x.dtype)
+        return torch.cat((out, rest), dim=-1) if rest.shape[-1] else out
+
+
+# --- float32 arithmetic as ggml's AVX2 code performs it -----------------------------------
+
+
+def fma(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """float32 fused multiply-add, a*b + c rounded once: the product of two floats is exact in
+    double, so only the double sum rounds before the float rounding (a double rounding that
+    differs from one rounding only when the double sum lands exactly on a float tie)."""
+    return (a.double() * b.double() + c.double()).float()
+
+
+def _bits(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous().view(torch.int32).long() & 0xFFFFFFFF
+
+
+def _from_bits(u: torch.Tensor) -> torch.Tensor:
+    u = u & 0xFFFFFFFF
+    return torch.where(u >= 1 << 31, u - (1 << 32), u).to(torch.int32).view(torch.float32)
+
+
+def _c(v: float) -> torch.Tensor:
+    return torch.tensor(v, dtype=torch.float32)
+
+
+_EXP = {k: _c(v) for k, v in dict(
+    r=float.fromhex("0x1.8p23"), log2e=float.fromhex("0x1.715476p+0"),
+    ln2_hi=float.fromhex("0x1.62e4p-1"), ln2_lo=float.fromhex("0x1.7f7d1cp-20"),
+    p0=float.fromhex("0x1.0e4020p-7"), p1=float.fromhex("0x1.573e2ep-5"),
+    p2=float.fromhex("0x1.555e66p-3"), p3=float.fromhex("0x1.fffdb6p-2"), p4=float.fromhex("0x1.ffffecp-1"),
+).items()}
+
+
+def ggml_v_expf(x: torch.Tensor) -> torch.Tensor:
+    """ggml's vectorized expf (vec.h, AVX2+FMA branch; ARM's optimized-routines algorithm),
+    step for step in float32, so softmax and SiLU get llama.cpp's values to the bit."""
+    C = _EXP
+    x = x.float()
+    z = fma(x, C["log2e"], C["r"])
+    n = z - C["r"]
+    b = fma(-n, C["ln2_lo"], fma(-n, C["ln2_hi"], x))  # fnmadd(n, lo, fnmadd(n, hi, x))
+    e = (_bits(z) << 23) & 0xFFFFFFFF
+    k = _from_bits(e + 0x3F800000)
+    u = b * b
+    j = fma(fma(fma(C["p0"], b, C["p1"]), u, fma(C["p2"], b, C["p3"])), u, C["p4"] * b)
+    fast = fma(k, j, k)
+    big = n.abs() > 126
+    if not bool(big.any()):
+        return fast
+    g = torch.where(n <= 0, 0x82000000, 0)
+    s1 = _from_bits(g + 0x7F000000)
+    s2 = _from_bits(e - g)
+    slow = torch.where(n.abs() > 192, s1 * s1, fma(s2, j, s2) * s1)
+    return torch.where(big, slow, fast)
+
+
+def hsum8(v: torch.Tensor) -> torch.Tensor:
+    """hsum_float_8: the sum of 8 float lanes [..., 8] in the order the AVX2 shuffles add them."""
+    r = v[..., 4:] + v[..., :4]
+    return (r[..., 0] + r[..., 2]) + (r[..., 1] + r[..., 3])
+
+
+def _rows_per_chunk(per_row: int, n_rows: int, budget: int = 1 << 23) -> int:
+    return max(1, min(n_rows, budget // max(1, per_row)))
+
+
+def _f16_dot(prod: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """Sum the exact float products of an F16 x F16 dot product (last axis) in ggml's order.
+    A batch of one row (decode) goes through ggml_vec_dot_f16 (AVX2): 4 accumulators of 8
+    lanes, 32 elements a step, then GGML_F16_VEC_REDUCE. A batch of two or more (prefill) goes
+    through llamafile's tinyBLAS: one 8-lane accumulator over chunks of 8, then hsum. Products
+    of fp16 values are exact in float32, so each fma is a float addition. Zero padding (llama.cpp
+    pads the KV cells it attends over to 256) adds exact zeros and changes nothing."""
+    n = prod.shape[-1]
+    if n_rows == 1:
+        pad = -n % 32
+        if pad:
+            prod = torch.nn.functional.pad(prod, (0, pad))
+        steps = prod.reshape(*prod.shape[:-1], -1, 4, 8)
+        acc = steps[..., 0, :, :]
+        for i in range(1, steps.shape[-3]):
+            acc = acc + steps[..., i, :, :]
+        x = (acc[..., 0, :] + acc[..., 2, :]) + (acc[..., 1, :] + acc[..., 3, :])
+        t = x[..., :4] + x[..., 4:]
+        return (t[..., 0] + t[..., 1]) + (t[..., 2] + t[..., 3])
+    pad = -n % 8
+    if pad:
+        prod = torch.nn.functional.pad(prod, (0, pad))
+    chunks = prod.reshape(*prod.shape[:-1], -1, 8)
+    acc = chunks[..., 0, :]
+    for i in range(1, chunks.shape[-2]):
+        acc = acc + chunks[..., i, :]
+    return hsum8(acc)
+
+
+_LIBM = None
+
+
+def _libm_cos_sin(angles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """cosf/sinf of float32 angles from the C library llama.cpp calls (glibc's differ from the
+    correctly rounded value by an ulp now and then); the correctly rounded values if no libm."""
+    global _LIBM
+    if _LIBM is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            lib = ctypes.CDLL(ctypes.util.find_library("m") or "libm.so.6")
+            for fn in (lib.cosf, lib.sinf):
+                fn.argtypes, fn.restype = [ctypes.c_float], ctypes.c_float
+            _LIBM = lib
+        except OSError:
+            _LIBM = False
+    if _LIBM is False:
+        a = angles.astype(np.float64)
+        return np.cos(a).astype(np.float32), np.sin(a).astype(np.float32)
+    flat = angles.reshape(-1).tolist()
+    cosf, sinf = _LIBM.cosf, _LIBM.sinf
+    cos = np.array([cosf(a) for a in flat], dtype=np.float32).reshape(angles.shape)
+    sin = np.array([sinf(a) for a in flat], dtype=np.float32).reshape(angles.shape)
+    return cos, sin
+
+
+def _f32(v: float) -> torch.Tensor:
+    return torch.tensor(v, dtype=torch.float32)
 
 
 def _identity(x: torch.Tensor) -> torch.Tensor:

@@ -49,9 +49,10 @@ def run_parser() -> Parser:
     p.add_argument("--paused", action="store_true", help="start paused at the first stop")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--numerics", default="llamacpp", choices=["llamacpp", "exact"],
-                   help="llamacpp: round activations as ggml's CPU kernels do, to agree with llama.cpp; "
-                        "exact: plain float math on the dequantized weights (default llamacpp)")
+    p.add_argument("--numerics", default="llamacpp", choices=["llamacpp", "llamacpp-fast", "exact"],
+                   help="llamacpp: ggml's CPU roundings and summation order, to agree with llama.cpp; "
+                        "llamacpp-fast: its roundings only (faster); exact: plain float math "
+                        "on the dequantized weights (default llamacpp)")
     p.add_argument("-c", "--ctx-size", type=int, default=0, help="context size (default: the model's, at most 4096)")
     return p
 

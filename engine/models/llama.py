@@ -6,6 +6,10 @@ asked for it (`bus.wants`), so an unwatched run pays for none of it.
 
 Names follow the GGUF tensor names (`attn_norm`, `attn_q`, `ffn_gate`, ...) and
 llama.cpp's graph (`Qcur`, `kq`, `kqv_out`, `l_out`), so a reader can put the two side by side.
+
+How each op does its arithmetic (plain float32, or llama.cpp's roundings and summation
+order) is the numerics' business: the matmuls, RMSNorm, RoPE, K·Q, softmax, softmax·V and
+SwiGLU are `self.num` methods (engine/numerics.py).
 """
 
 from __future__ import annotations
@@ -13,36 +17,11 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from engine.config import ModelArgs
 from engine.hooks import HookBus
 from engine.kv_cache import KVCache
 from engine.numerics import Numerics
-
-
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    # llama.cpp: x / sqrt(mean(x^2) + eps), then scaled by the weight.
-    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
-
-
-def rope_angles(positions: torch.Tensor, rope_dim: int, theta: float) -> torch.Tensor:
-    """Rotation angle of each (position, pair): pos * theta^(-2i/d). Shape [T, rope_dim/2]."""
-    inv_freq = theta ** (-torch.arange(0, rope_dim, 2, dtype=torch.float64, device=positions.device) / rope_dim)
-    return positions.to(torch.float64)[:, None] * inv_freq[None, :]
-
-
-def apply_rope_interleaved(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
-    """Rotate adjacent pairs (x[2i], x[2i+1]): llama.cpp's "normal" RoPE, which GGUF llama
-    weights expect (the converter permuted Q and K so the HF rotate-half form becomes this).
-    x: [T, n_heads, head_dim]; angles: [T, rope_dim/2]."""
-    rope_dim = angles.shape[-1] * 2
-    cos = torch.cos(angles).to(x.dtype)[:, None, :]  # (T, 1, rope_dim/2)
-    sin = torch.sin(angles).to(x.dtype)[:, None, :]
-    rot, rest = x[..., :rope_dim], x[..., rope_dim:]
-    x0, x1 = rot[..., 0::2], rot[..., 1::2]
-    out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1).flatten(-2)
-    return torch.cat((out, rest), dim=-1)
 
 
 class Llama:
@@ -62,7 +41,7 @@ class Llama:
         a, w, bus, num = self.args, self.w, self.bus, self.num
         T = tokens.shape[0]
         positions = torch.arange(pos, pos + T, device=tokens.device)
-        angles = rope_angles(positions, a.rope_dim, a.rope_theta)
+        cos, sin = num.rope_cos_sin(positions, a.rope_dim, a.rope_theta)
         scale = 1.0 / math.sqrt(a.head_dim)
         # Causal mask over the cells this step can see: query i (at pos+i) sees keys 0..pos+i.
         n_keys = pos + T
@@ -74,7 +53,7 @@ class Llama:
 
         for il in range(a.n_layer):
             p = f"blk.{il}."
-            h = rms_norm(x, w[p + "attn_norm.weight"], a.rms_eps)
+            h = num.rms_norm(x, w[p + "attn_norm.weight"], a.rms_eps)
             if bus.wants("attn_norm", il):
                 bus.emit("attn_norm", step, il, tensors={"out": h})
 
@@ -84,8 +63,8 @@ class Llama:
             if bus.wants("qkv", il):
                 bus.emit("qkv", step, il, tensors={"q": q, "k": k, "v": v})
 
-            q = apply_rope_interleaved(q, angles)
-            k = apply_rope_interleaved(k, angles)
+            q = num.rope(q, cos, sin)
+            k = num.rope(k, cos, sin)
             if bus.wants("rope", il):
                 bus.emit("rope", step, il, tensors={"q": q, "k": k}, positions=positions.tolist())
 
@@ -96,30 +75,30 @@ class Llama:
             # GQA: each KV head serves n_group consecutive query heads.
             keys = keys.repeat_interleave(a.n_group, dim=1)  # (n_keys, nh, hd)
             values = values.repeat_interleave(a.n_group, dim=1)
-            kq = torch.einsum("qhd,khd->hqk", num.kv(q), keys) * scale + mask  # (nh, T, n_keys)
-            weights = torch.softmax(kq, dim=-1)
+            kq = num.attn_scores(q, keys) * scale + mask  # (nh, T, n_keys)
+            weights = num.softmax(kq)
             if bus.wants("attn", il):
                 bus.emit(
                     "attn", step, il, tensors={"weights": weights},
                     sink_mass=weights[:, :, 0].mean().item(),
                 )
-            kqv = torch.einsum("hqk,khd->qhd", num.kv(weights), values).reshape(T, a.n_head * a.head_dim)
+            kqv = num.attn_values(weights, values).reshape(T, a.n_head * a.head_dim)
             attn_out = self.linear(kqv, p + "attn_output.weight")  # (T, d)
             if bus.wants("attn_out", il):
                 bus.emit("attn_out", step, il, tensors={"out": attn_out})
             x = x + attn_out
 
-            h = rms_norm(x, w[p + "ffn_norm.weight"], a.rms_eps)
+            h = num.rms_norm(x, w[p + "ffn_norm.weight"], a.rms_eps)
             if bus.wants("ffn_norm", il):
                 bus.emit("ffn_norm", step, il, tensors={"out": h})
             # SwiGLU: silu(gate) * up, then down.
-            gate = F.silu(self.linear(h, p + "ffn_gate.weight"))
-            ffn_out = self.linear(gate * self.linear(h, p + "ffn_up.weight"), p + "ffn_down.weight")
+            gate = self.linear(h, p + "ffn_gate.weight")
+            ffn_out = self.linear(num.swiglu(gate, self.linear(h, p + "ffn_up.weight")), p + "ffn_down.weight")
             if bus.wants("ffn_out", il):
                 bus.emit("ffn_out", step, il, tensors={"out": ffn_out})
             x = x + ffn_out
             if bus.wants("residual", il):
                 bus.emit("residual", step, il, tensors={"out": x}, norm=x[-1].norm().item())
 
-        h = rms_norm(x[-1], w["output_norm.weight"], a.rms_eps)  # only the last token is sampled
+        h = num.rms_norm(x[-1], w["output_norm.weight"], a.rms_eps)  # only the last token is sampled
         return self.linear(h, self.output_name)  # (n_vocab,)
