@@ -11,6 +11,8 @@ engine runs
   * teacher-forced: fed llama.cpp's tokens, so every step's logits are comparable: the
     min / mean cosine and the max abs error of the logits over the steps, and the decode
     speed of those steps.
+Numerics modes (engine/numerics.py): `llamacpp` follows ggml's roundings and summation order
+bit for bit, `llamacpp-fast` its roundings only, `exact` is plain float32.
 One more row, "llama.cpp batch", puts llama.cpp against itself: the logits of the same
 positions computed in one batched prefill (prompt + reference tokens) instead of one token
 at a time. Batched and one-token matmuls sum in different orders, so that row shows how far

@@ -10,7 +10,10 @@ Three modes:
   output matmul is the one left vectorized: nothing downstream of the logits rounds) and
   greedy tokens agree step for step (bench/parity.py). The summation order needs a loop over
   the blocks of 32 of each Q4_1 matmul and over the chunks of the attention dot products;
-  on 2 cores SmolLM2-135M decodes at ~4.5 tok/s this way (fp32 `exact`: ~14).
+  on 2 cores SmolLM2-135M decodes at ~4.5-6 tok/s this way (fp32 `exact`: ~14-17), and a
+  prompt goes at about the same rate per token (ggml, too, runs Q4_1 rows one vec_dot at a
+  time; here that means elementwise work instead of a BLAS matmul: a 400-token prompt takes
+  ~1.5 min). It keeps a second float32 copy of each Q4_1 weight (block mins subtracted).
   The bit-exact kernels apply to float32 on the CPU and to Q4_1/Q8_1 matmuls; anything else
   (other weight types, bf16, a GPU) gets the `llamacpp-fast` computation.
 * `llamacpp-fast`: every rounding, vectorized, but torch's summation order: each op lands
