@@ -227,6 +227,14 @@ def _k_scale_min(scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return sc.to(torch.float32), mn.to(torch.float32)
 
 
+def _k_block_scales(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Q4_K/Q5_K's per-32 scale d*scale and offset dmin*min, shaped (n, 8, 1)."""
+    n = blocks.shape[0]
+    d, dmin = _f16(blocks[:, :2]), _f16(blocks[:, 2:4])
+    sc, mn = _k_scale_min(blocks[:, 4:16])
+    return (d * sc).reshape(n, 8, 1), (dmin * mn).reshape(n, 8, 1)
+
+
 class Q4_K(Quant, qtype=GGMLQuantizationType.Q4_K):
     # | d f16 | dmin f16 | scales[12] (see _k_scale_min) |
     # | qs[128]: each 32 bytes hold 64 elements, low nibbles first, then high |
@@ -236,9 +244,7 @@ class Q4_K(Quant, qtype=GGMLQuantizationType.Q4_K):
     @staticmethod
     def dequantize_blocks(blocks):
         n = blocks.shape[0]
-        d, dmin = _f16(blocks[:, :2]), _f16(blocks[:, 2:4])
-        sc, mn = _k_scale_min(blocks[:, 4:16])
-        dl, ml = (d * sc).reshape(n, 8, 1), (dmin * mn).reshape(n, 8, 1)
+        dl, ml = _k_block_scales(blocks)
         q = _unpack(blocks[:, 16:], 32, NIBBLES, 0x0F).reshape(n, 8, 32).to(torch.float32)
         return (dl * q - ml).reshape(n, QK_K)
 
@@ -252,9 +258,7 @@ class Q5_K(Quant, qtype=GGMLQuantizationType.Q5_K):
     @staticmethod
     def dequantize_blocks(blocks):
         n = blocks.shape[0]
-        d, dmin = _f16(blocks[:, :2]), _f16(blocks[:, 2:4])
-        sc, mn = _k_scale_min(blocks[:, 4:16])
-        dl, ml = (d * sc).reshape(n, 8, 1), (dmin * mn).reshape(n, 8, 1)
+        dl, ml = _k_block_scales(blocks)
         q = _unpack(blocks[:, 48:], 32, NIBBLES, 0x0F) | (_unpack(blocks[:, 16:48], 32, BITS, 1) << 4)
         return (dl * q.reshape(n, 8, 32).to(torch.float32) - ml).reshape(n, QK_K)
 
