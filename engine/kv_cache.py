@@ -29,3 +29,7 @@ class KVCache:
 
     def slots(self, pos: int, n_tokens: int) -> list[int]:
         return list(range(pos, pos + n_tokens))
+
+    def event(self, layer: int, pos: int, n_tokens: int) -> dict:
+        """The kv_write stop's scalars: where this step's tokens went and how full the cache is."""
+        return {"slots": self.slots(pos, n_tokens), "used": self.used, "n_ctx": self.n_ctx}

@@ -312,6 +312,10 @@ class Numerics:
         # ggml_vec_swiglu_f32 (AVX2): ggml_v_silu(x) = x / (1 + ggml_v_expf(-x)), times up.
         return (gate / (1.0 + ggml_v_expf(-gate).to(gate.dtype)) * up).to(gate.dtype)
 
+    def geglu(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        """gelu(gate) * up, GELU in its tanh form (Gemma's FFN). ggml's rounding: not yet reproduced."""
+        return torch.nn.functional.gelu(gate, approximate="tanh") * up
+
     def rope_cos_sin(self, positions: torch.Tensor, rope_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin of each (position, pair) angle pos * theta^(-2i/d): [T, rope_dim/2] each."""
         n = rope_dim // 2

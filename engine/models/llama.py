@@ -70,7 +70,7 @@ class Llama:
 
             keys, values = cache.write(il, pos, num.kv(k), num.kv(v))  # (n_keys, nkv, hd)
             if bus.wants("kv_write", il):
-                bus.emit("kv_write", step, il, slots=cache.slots(pos, T), used=cache.used, n_ctx=cache.n_ctx)
+                bus.emit("kv_write", step, il, **cache.event(il, pos, T))
 
             # GQA: each KV head serves n_group consecutive query heads.
             keys = keys.repeat_interleave(a.n_group, dim=1)  # (n_keys, nh, hd)
