@@ -9,54 +9,24 @@ The engine needs no knowledge of any of this: it is stopped inside `emit`.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from typing import Callable
 
-from traces.schema import Event, check_stop
+from engine.breakpoints import Breakpoint
+from traces.schema import Event
 
-
-@dataclass(frozen=True)
-class Breakpoint:
-    """Stop at a stop name, optionally only at one layer and/or one step."""
-
-    stop: str
-    layer: int | None = None
-    step: int | None = None
-
-    def matches(self, event: Event) -> bool:
-        return (
-            event.stop == self.stop
-            and (self.layer is None or event.layer == self.layer)
-            and (self.step is None or event.step == self.step)
-        )
-
-    @classmethod
-    def parse(cls, text: str) -> "Breakpoint":
-        """`attn`, `attn@3` (layer 3), `logits:5` (step 5), `attn@3:0`."""
-        spec, _, step = text.partition(":")
-        stop, _, layer = spec.partition("@")
-        check_stop(stop)
-        try:
-            return cls(stop, int(layer) if layer else None, int(step) if step else None)
-        except ValueError:
-            raise ValueError(f"bad breakpoint {text!r}: expected STOP[@LAYER][:STEP]") from None
-
-    def __str__(self) -> str:
-        text = self.stop
-        if self.layer is not None:
-            text += f"@{self.layer}"
-        if self.step is not None:
-            text += f":{self.step}"
-        return text
+__all__ = ["Breakpoint", "RunCancelled", "RunController"]
 
 
 class RunController:
     def __init__(self, breakpoints: list[Breakpoint] | None = None, start_paused: bool = False) -> None:
         self.breakpoints: list[Breakpoint] = list(breakpoints or [])
-        self._pause_at_next = start_paused
+        # When set, the engine stops at the first event this accepts (pause, or one of the step modes).
+        self._pause_when: Callable[[Event], bool] | None = (lambda e: True) if start_paused else None
+        self._why = "paused"
+        self._ignore_breakpoints = False  # "run to the end"
         self._go = threading.Event()
         self._lock = threading.Lock()
         self._cancelled = False
-        self._stepping = False
         self.paused_at: Event | None = None  # the event the run is stopped at, if paused
         self.reason = "running"
 
@@ -65,11 +35,12 @@ class RunController:
         with self._lock:
             if self._cancelled:
                 raise RunCancelled()
-            hit = next((b for b in self.breakpoints if b.matches(event)), None)
-            if not (self._pause_at_next or hit):
+            hit = None if self._ignore_breakpoints else next((b for b in self.breakpoints if b.matches(event)), None)
+            stepped = self._pause_when is not None and self._pause_when(event)
+            if not (stepped or hit):
                 return
-            self.reason = f"breakpoint {hit}" if hit else ("stepped" if self._stepping else "paused")
-            self._pause_at_next = self._stepping = False
+            self.reason = f"breakpoint {hit}" if hit and not stepped else self._why
+            self._pause_when = None
             self.paused_at = event
             self._go.clear()
         self._go.wait()
@@ -77,7 +48,7 @@ class RunController:
             if self._cancelled:
                 raise RunCancelled()
             self.paused_at = None
-            if not self._pause_at_next:
+            if self._pause_when is None:
                 self.reason = "running"
 
     # Called from the UI thread.
@@ -85,20 +56,42 @@ class RunController:
     def paused(self) -> bool:
         return self.paused_at is not None
 
+    def _continue(self, pause_when: Callable[[Event], bool] | None, why: str) -> None:
+        with self._lock:
+            self._pause_when, self._why = pause_when, why
+            self._ignore_breakpoints = False
+            self._go.set()
+
     def pause(self) -> None:
         """Stop at the next stop the engine reaches."""
         with self._lock:
-            self._pause_at_next = True
+            self._pause_when, self._why = (lambda e: True), "paused"
 
     def resume(self) -> None:
-        with self._lock:
-            self._pause_at_next = self._stepping = False
-            self._go.set()
+        self._continue(None, "running")
 
     def step(self) -> None:
         """Let the engine run to the next stop and stop there."""
+        self._continue(lambda e: True, "stepped")
+
+    def step_layer(self) -> None:
+        """Step over the rest of this layer: stop at the first stop of another layer or step."""
+        here = self.paused_at
+        if here is None:
+            return self.step()
+        self._continue(lambda e: e.step != here.step or e.layer != here.layer, "stepped over the layer")
+
+    def step_token(self) -> None:
+        """Run to the next token: stop at the first stop of the next step."""
+        here = self.paused_at
+        if here is None:
+            return self.step()
+        self._continue(lambda e: e.step > here.step, "ran to the next token")
+
+    def run_to_end(self) -> None:
+        """Resume and ignore every breakpoint until the run ends (or the user pauses)."""
         with self._lock:
-            self._pause_at_next = self._stepping = True
+            self._pause_when, self._ignore_breakpoints = None, True
             self._go.set()
 
     def cancel(self) -> None:
