@@ -25,6 +25,8 @@ from textual.widgets import ContentSwitcher, Footer, Header, Static
 from textual.worker import Worker, WorkerState
 
 from engine.controller import RunCancelled, RunController
+from inspector.palette import StopFinder
+from inspector.screens.breakpoints import BreakpointScreen
 from inspector.screens.help import HelpRow, HelpScreen
 from traces.base import Trace
 from traces.schema import STOP_BY_NAME, Event
@@ -49,7 +51,7 @@ VIEW = Binding.Group("view")
 # Help sections, by the part of a binding id before the dot.
 SECTIONS = {"run": "live run", "nav": "move", "view": "views", "app": "app"}
 # Actions that need a live run, and those that only mean something in one view.
-LIVE_ACTIONS = {"pause_resume", "step_stop"}
+LIVE_ACTIONS = {"pause_resume", "step_stop", "step_layer", "step_token", "run_to_end", "breakpoints"}
 VIEW_ACTIONS = {"head": "attention"}
 
 
@@ -72,10 +74,15 @@ class InspectorApp(App[None]):
     """Step through one inference run, live or from a saved trace."""
 
     CSS_PATH = "app.tcss"
-    ENABLE_COMMAND_PALETTE = False
+    COMMANDS = {StopFinder}  # ctrl+p finds a stop or layer by name
+    COMMAND_PALETTE_BINDING = "ctrl+p"
     BINDINGS = [
         Binding("space", "pause_resume", "pause/go", id="run.pause", priority=True),
         Binding("n", "step_stop", "next stop", id="run.step"),
+        Binding("o", "step_layer", "step over the layer", id="run.over", show=False),
+        Binding("u", "step_token", "run to the next token", id="run.token", show=False),
+        Binding("G", "run_to_end", "run to the end, no breaks", id="run.end", show=False),
+        Binding("b", "breakpoints", "breakpoints", id="run.breaks"),
         Binding("left_square_bracket,left", "step(-1)", "previous step", id="nav.step-prev",
                 key_display="[", group=STEP),
         Binding("right_square_bracket,right", "step(1)", "next step", id="nav.step-next",
@@ -278,6 +285,39 @@ class InspectorApp(App[None]):
         self.controller.step()
         self._update_status()
 
+    def action_step_layer(self) -> None:
+        assert self.controller is not None
+        self.controller.step_layer()
+        self._update_status()
+
+    def action_step_token(self) -> None:
+        assert self.controller is not None
+        self.controller.step_token()
+        self._update_status()
+
+    def action_run_to_end(self) -> None:
+        assert self.controller is not None
+        self.controller.run_to_end()
+        self._update_status()
+
+    def action_breakpoints(self) -> None:
+        """Edit the live run's breakpoints; the input starts with the selected stop."""
+        assert self.controller is not None
+        sel = self.selection
+        suggestion = sel.stop + (f"@{sel.event_layer}" if sel.event_layer is not None else "")
+
+        def apply(breakpoints: list | None) -> None:
+            if breakpoints is not None:
+                self.controller.breakpoints = breakpoints  # one assignment: the engine thread sees old or new
+            self._update_status()
+
+        self.push_screen(BreakpointScreen(self.controller.breakpoints, suggestion), apply)
+
+    def select_stop(self, stop: str, layer: int | None = None) -> None:
+        """Show a stop (and layer) at the current step: the navigator and the palette use this."""
+        self.selection = self.selection.with_stop(stop, layer)
+        self.query_one(Navigator).move_to(stop, layer)
+
     def action_step(self, delta: int) -> None:
         steps = self.trace.steps
         if not steps:
@@ -338,6 +378,7 @@ class InspectorApp(App[None]):
             HelpRow("navigator", "↑ ↓", "move between stops"),
             HelpRow("navigator", "enter", "show a stop's layers"),
             HelpRow("navigator", "tab", "focus the view, to scroll it"),
+            HelpRow("navigator", "^p", "find a stop or layer by name"),
         ]
         return rows
 

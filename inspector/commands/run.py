@@ -20,8 +20,9 @@ def parser() -> Parser:
     p.add_argument("-n", "--n-predict", type=int, default=32, help="tokens to generate (default 32)")
     p.add_argument("--record", metavar="PATH", help="write the run's trace to PATH")
     p.add_argument("--headless", action="store_true", help="no UI: stream the text to stdout")
-    p.add_argument("--break", dest="breaks", action="append", default=[], metavar="STOP[@LAYER][:STEP]",
-                   help="pause the live run there, e.g. attn@3 or logits:5 (repeatable)")
+    p.add_argument("--break", dest="breaks", action="append", default=[], metavar="SPEC",
+                   help="pause the live run there (repeatable): STOP[@LAYER][:STEP] such as attn@3 or logits:5, "
+                        "or a condition: entropy>4, top1<0.2, slow>2ms, token=42; terms combine: 'attn@3 slow>1ms'")
     p.add_argument("--paused", action="store_true", help="start paused at the first stop")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
