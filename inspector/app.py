@@ -39,6 +39,7 @@ from views.safe import assemble, escape_controls
 from views.selection import VIEWS, Selection
 from views.steps import StepBar
 from views.stream import StreamText
+from views.timing import TimingView
 from views.tokens import TokensView
 
 POLL_HZ = 15
@@ -95,6 +96,8 @@ class InspectorApp(App[None]):
         Binding("a", "view('attention')", "attention view", id="view.attention", group=VIEW),
         Binding("g", "view('logits')", "logits view", id="view.logits", group=VIEW),
         Binding("e", "view('event')", "event view (raw numbers)", id="view.event", group=VIEW, show=False),
+        Binding("p", "view('timing')", "timing view (slowest stops, per layer)", id="view.timing", group=VIEW,
+                show=False),
         Binding("question_mark", "help", "help", id="app.help", key_display="?"),
         Binding("q", "quit", "quit", id="app.quit"),
     ]
@@ -133,6 +136,7 @@ class InspectorApp(App[None]):
                 yield AttentionView(id="attention")
                 yield LogitsView(id="logits")
                 yield EventView(id="event")
+                yield TimingView(id="timing")
         yield StepBar(id="stepbar")
         yield StreamText(id="stream")
         yield Static(id="status")

@@ -22,7 +22,7 @@ VIEW_FOR_STOP: dict[str, str] = {
 }
 # The stop a view stands for when it is picked by its key.
 STOP_FOR_VIEW: dict[str, str] = {"tokens": "tokenize", "attention": "attn", "logits": "logits"}
-VIEWS: tuple[str, ...] = ("tokens", "attention", "logits", "event")
+VIEWS: tuple[str, ...] = ("tokens", "attention", "logits", "event", "timing")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,147 @@
+"""The timing view: where a step's time went, slowest stops first, and each layer as a column.
+
+Reads only the events' own durations (`dur_ns`, engine/hooks.py: a stop's time is the work
+since the previous stop, so the stops of a step add up to the step). Two panels:
+
+* the slowest stops of the selected step, summed over layers, each with its share of the step;
+* a column chart, one column per layer, of the selected stop's time (or, when the selected
+  stop is not a per-layer one, of each layer's total). A layer slower than `SLOW_FACTOR`
+  times the median of its peers is an outlier: drawn in the warning colour and named below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from statistics import median
+
+from rich.text import Text
+from textual.widget import Widget
+
+from traces.base import Trace
+from traces.schema import STOP_BY_NAME
+from views import colors
+from views.format import bar, duration, step_kind
+from views.safe import NL, assemble
+from views.selection import Selection
+
+SLOW_FACTOR = 2.0  # a layer this many times its peers' median is called out
+TOP_STOPS = 8
+CHART_ROWS = 6
+_EIGHTHS = " ▁▂▃▄▅▆▇█"
+
+
+@dataclass(frozen=True)
+class StepTiming:
+    step: int
+    total_ns: int
+    by_stop: list[tuple[str, int]]  # slowest first
+    layer_stop: str  # what the layer chart shows: a stop name, or "all" for each layer's total
+    by_layer: list[int]  # ns per layer, index = layer
+
+    def outliers(self, factor: float = SLOW_FACTOR) -> list[tuple[int, float]]:
+        """(layer, times the median) for every layer slower than `factor` × the median of the layers."""
+        timed = [ns for ns in self.by_layer if ns > 0]
+        if len(timed) < 3:
+            return []
+        mid = median(timed)
+        return [(il, ns / mid) for il, ns in enumerate(self.by_layer) if mid > 0 and ns > factor * mid]
+
+
+def step_timing(trace: Trace, step: int, stop: str, n_layer: int) -> StepTiming | None:
+    events = trace.events(step) if step in trace.steps else []
+    if not events:
+        return None
+    by_stop: dict[str, int] = {}
+    per_layer_stop = STOP_BY_NAME.get(stop)
+    chart_stop = stop if per_layer_stop is not None and per_layer_stop.per_layer else "all"
+    layers = max([n_layer] + [e.layer + 1 for e in events if e.layer is not None])
+    by_layer = [0] * layers
+    for e in events:
+        by_stop[e.stop] = by_stop.get(e.stop, 0) + e.dur_ns
+        if e.layer is not None and 0 <= e.layer < layers and chart_stop in ("all", e.stop):
+            by_layer[e.layer] += e.dur_ns
+    ranked = sorted(by_stop.items(), key=lambda kv: -kv[1])
+    return StepTiming(step, sum(by_stop.values()), ranked, chart_stop, by_layer)
+
+
+def column_chart(values: list[int], width: int, rows: int, hot: set[int]) -> list[Text]:
+    """One column per value, `rows` high, drawn to an eighth of a cell; hot columns in the warning colour."""
+    top = max(values) if values else 0
+    col = 2 if len(values) * 3 <= width else 1  # two cells and a gap when it fits, else one cell
+    gap = 1 if len(values) * (col + 1) <= width else 0
+    lines = []
+    for row in range(rows - 1, -1, -1):
+        line = Text(end="")
+        for il, ns in enumerate(values):
+            eighths = round(ns / top * rows * 8) if top else 0
+            level = max(0, min(8, eighths - row * 8))
+            line.append(_EIGHTHS[level] * col, colors.WARN if il in hot else colors.ACCENT)
+            line.append(" " * gap)
+        lines.append(line)
+    # layer numbers under every fifth column
+    labels = [" "] * (len(values) * (col + gap))
+    for il in range(0, len(values), 5):
+        for k, ch in enumerate(str(il)):
+            pos = il * (col + gap) + k
+            if pos < len(labels):
+                labels[pos] = ch
+    lines.append(assemble(("".join(labels), colors.DIM)))
+    return lines
+
+
+class TimingView(Widget):
+    """Timing of one step: the slowest stops and a per-layer column chart with outliers marked."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self._timing: StepTiming | None = None
+        self._shown: tuple | None = None
+
+    def show(self, trace: Trace, selection: Selection) -> None:
+        events = trace.events(selection.step) if selection.step in trace.steps else []
+        key = (id(trace), selection.step, selection.stop, len(events))
+        if key == self._shown:
+            return
+        self._shown = key
+        self._timing = step_timing(trace, selection.step, selection.stop, trace.n_layer)
+        self.refresh()
+
+    def render(self) -> Text:
+        t = self._timing
+        title = assemble(("timing", colors.ACCENT))
+        if t is None:
+            return assemble(title, NL, NL, ("no events at this step yet", colors.WARN))
+        title.append_text(assemble(f" · step {t.step} ({step_kind(t.step)}) · ", (duration(t.total_ns), "bold")))
+        width, height = max(30, self.size.width), max(12, self.size.height)
+        lines = [title, Text("")]
+
+        # The layer chart first: finding the slow layer is what this view is for.
+        what = "each layer's total" if t.layer_stop == "all" else f"{t.layer_stop} per layer"
+        hot = dict(t.outliers())
+        lines.append(assemble(("by layer", "bold"), (f"  {what} · ⚠ over {SLOW_FACTOR:g}× median", colors.DIM)))
+        if any(t.by_layer):
+            rows = CHART_ROWS if height >= 24 else 3
+            lines += column_chart(t.by_layer, width, rows, set(hot))
+            peak = max(range(len(t.by_layer)), key=t.by_layer.__getitem__)
+            timed = [v for v in t.by_layer if v]
+            lines.append(assemble(("slowest ", colors.DIM), (f"layer {peak}", "bold"), f" {duration(t.by_layer[peak])}",
+                                  (f" · median {duration(int(median(timed)))}", colors.DIM)))
+            for il, times in sorted(hot.items(), key=lambda kv: -kv[1])[:3]:
+                lines.append(assemble(("⚠ ", colors.WARN), (f"layer {il}", colors.WARN),
+                                      f" {duration(t.by_layer[il])} · {times:.1f}× the median"))
+        else:
+            lines.append(assemble(("no per-layer stops captured at this step", colors.DIM)))
+
+        # Then as many of the slowest stops as the height leaves room for.
+        room = max(3, min(TOP_STOPS, height - len(lines) - 2))
+        lines += [Text(""), assemble(("slowest stops", "bold"), ("  summed over layers", colors.DIM))]
+        name_width = 12
+        bar_width = max(4, width - name_width - 20)
+        slowest = t.by_stop[0][1] if t.by_stop else 1
+        for name, ns in t.by_stop[:room]:
+            share = ns / t.total_ns if t.total_ns else 0.0
+            lines.append(assemble(
+                (f"{name:<{name_width}}", "bold"), (f"{duration(ns):>9} ", ""), (f"{share:5.1%}  ", colors.DIM),
+                (bar(ns / slowest if slowest else 0.0, bar_width), colors.ACCENT),
+            ))
+        return Text("\n", end="").join(lines)
