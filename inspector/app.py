@@ -35,6 +35,7 @@ from views.attention import AttentionView
 from views.event import EventView
 from views.logits import LogitsView
 from views.navigator import Navigator
+from views.residual import ResidualView
 from views.safe import assemble, escape_controls
 from views.selection import VIEWS, Selection
 from views.steps import StepBar
@@ -95,6 +96,7 @@ class InspectorApp(App[None]):
         Binding("t", "view('tokens')", "tokens view", id="view.tokens", group=VIEW),
         Binding("a", "view('attention')", "attention view", id="view.attention", group=VIEW),
         Binding("g", "view('logits')", "logits view", id="view.logits", group=VIEW),
+        Binding("r", "view('residual')", "residual stream view", id="view.residual", group=VIEW, show=False),
         Binding("e", "view('event')", "event view (raw numbers)", id="view.event", group=VIEW, show=False),
         Binding("p", "view('timing')", "timing view (slowest stops, per layer)", id="view.timing", group=VIEW,
                 show=False),
@@ -136,6 +138,7 @@ class InspectorApp(App[None]):
                 yield AttentionView(id="attention")
                 yield LogitsView(id="logits")
                 yield EventView(id="event")
+                yield ResidualView(id="residual")
                 yield TimingView(id="timing")
         yield StepBar(id="stepbar")
         yield StreamText(id="stream")

@@ -19,10 +19,12 @@ VIEW_FOR_STOP: dict[str, str] = {
     "gqa": "attention",
     "logits": "logits",
     "sample": "logits",
+    "embed": "residual",
+    "residual": "residual",
 }
 # The stop a view stands for when it is picked by its key.
-STOP_FOR_VIEW: dict[str, str] = {"tokens": "tokenize", "attention": "attn", "logits": "logits"}
-VIEWS: tuple[str, ...] = ("tokens", "attention", "logits", "event", "timing")
+STOP_FOR_VIEW: dict[str, str] = {"tokens": "tokenize", "attention": "attn", "logits": "logits", "residual": "residual"}
+VIEWS: tuple[str, ...] = ("tokens", "attention", "logits", "residual", "event", "timing")
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from textual.widget import Widget
 from traces.base import Trace
 from traces.schema import STOP_BY_NAME
 from views import colors
+from views.charts import column_chart
 from views.format import bar, duration, step_kind
 from views.safe import NL, assemble
 from views.selection import Selection
@@ -27,7 +28,6 @@ from views.selection import Selection
 SLOW_FACTOR = 2.0  # a layer this many times its peers' median is called out
 TOP_STOPS = 8
 CHART_ROWS = 6
-_EIGHTHS = " ▁▂▃▄▅▆▇█"
 
 
 @dataclass(frozen=True)
@@ -62,31 +62,6 @@ def step_timing(trace: Trace, step: int, stop: str, n_layer: int) -> StepTiming 
             by_layer[e.layer] += e.dur_ns
     ranked = sorted(by_stop.items(), key=lambda kv: -kv[1])
     return StepTiming(step, sum(by_stop.values()), ranked, chart_stop, by_layer)
-
-
-def column_chart(values: list[int], width: int, rows: int, hot: set[int]) -> list[Text]:
-    """One column per value, `rows` high, drawn to an eighth of a cell; hot columns in the warning colour."""
-    top = max(values) if values else 0
-    col = 2 if len(values) * 3 <= width else 1  # two cells and a gap when it fits, else one cell
-    gap = 1 if len(values) * (col + 1) <= width else 0
-    lines = []
-    for row in range(rows - 1, -1, -1):
-        line = Text(end="")
-        for il, ns in enumerate(values):
-            eighths = round(ns / top * rows * 8) if top else 0
-            level = max(0, min(8, eighths - row * 8))
-            line.append(_EIGHTHS[level] * col, colors.WARN if il in hot else colors.ACCENT)
-            line.append(" " * gap)
-        lines.append(line)
-    # layer numbers under every fifth column
-    labels = [" "] * (len(values) * (col + gap))
-    for il in range(0, len(values), 5):
-        for k, ch in enumerate(str(il)):
-            pos = il * (col + gap) + k
-            if pos < len(labels):
-                labels[pos] = ch
-    lines.append(assemble(("".join(labels), colors.DIM)))
-    return lines
 
 
 class TimingView(Widget):
