@@ -8,6 +8,8 @@ One breakpoint is one or more terms separated by spaces; all must hold:
     entropy>4            a logits stop whose entropy (nats) is above 4
     top1<0.2             a logits stop whose most likely token has p below 0.2
     slow>5ms             any stop that took longer than 5 ms (us, ms, s)
+    slow>3x              a layer's stop 3x slower than the median of the same stop in the
+                         other layers (this step's so far, else the previous step's)
     token=42  token=Paris   the step that samples token id 42 / the piece "Paris"
     attn@3 slow>1ms      layer 3's attention, when it is slow
 
@@ -20,15 +22,16 @@ from __future__ import annotations
 import operator
 import re
 from dataclasses import dataclass
+from statistics import median
 
 from traces.schema import Event, check_stop
 
 OPS = {">": operator.gt, "<": operator.lt, ">=": operator.ge, "<=": operator.le}
 UNITS_NS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
 # metric -> the stop whose event carries it
-METRIC_STOP = {"entropy": "logits", "top1": "logits", "slow": None}
+METRIC_STOP = {"entropy": "logits", "top1": "logits", "slow": None, "slowx": None}
 
-_COND = re.compile(r"^(entropy|top1|slow)(>=|<=|>|<)([0-9.eE+-]+)(ns|us|ms|s)?$")
+_COND = re.compile(r"^(entropy|top1|slow)(>=|<=|>|<)([0-9.eE+-]+)(ns|us|ms|s|x)?$")
 _WHERE = re.compile(r"^([a-z_]+)(?:@(-?\w+))?(?::(-?\w+))?$")
 
 
@@ -37,12 +40,12 @@ class Breakpoint:
     stop: str | None = None
     layer: int | None = None
     step: int | None = None
-    metric: str | None = None  # entropy | top1 | slow
+    metric: str | None = None  # entropy | top1 | slow (ns) | slowx (times the peers' median)
     op: str = ">"
     value: float = 0.0  # for slow: nanoseconds
     token: int | str | None = None
 
-    def matches(self, event: Event) -> bool:
+    def matches(self, event: Event, peers: "PeerTimes | None" = None) -> bool:
         if self.stop is not None and event.stop != self.stop:
             return False
         if self.layer is not None and event.layer != self.layer:
@@ -59,12 +62,14 @@ class Breakpoint:
             if isinstance(want, str) and event.scalars.get("piece", "").strip() != want:
                 return False
         if self.metric is not None:
-            value = self._metric_value(event)
+            value = self._metric_value(event, peers)
             if value is None or not OPS[self.op](value, self.value):
                 return False
         return True
 
-    def _metric_value(self, event: Event) -> float | None:
+    def _metric_value(self, event: Event, peers: "PeerTimes | None") -> float | None:
+        if self.metric == "slowx":
+            return peers.ratio(event) if peers is not None else None
         if self.metric == "slow":
             return float(event.dur_ns)
         if self.metric == "entropy":
@@ -95,7 +100,9 @@ class Breakpoint:
                     value = float(number)
                 except ValueError:
                     raise ValueError(f"bad breakpoint {text!r}: {number!r} is not a number") from None
-                if metric == "slow":
+                if metric == "slow" and unit == "x":
+                    metric = "slowx"
+                elif metric == "slow":
                     value *= UNITS_NS[unit or "ms"]
                 elif unit:
                     raise ValueError(f"bad breakpoint {text!r}: {metric} takes no unit")
@@ -136,6 +143,42 @@ class Breakpoint:
             parts.append(f"token={self.token}")
         if self.metric == "slow":
             parts.append(f"slow{self.op}{self.value / 1e6:g}ms")
+        elif self.metric == "slowx":
+            parts.append(f"slow{self.op}{self.value:g}x")
         elif self.metric:
             parts.append(f"{self.metric}{self.op}{self.value:g}")
         return " ".join(parts)
+
+
+class PeerTimes:
+    """How long each stop took in the layers seen so far: the peers a `slow>3x` breakpoint compares with.
+
+    Peers are the same stop in other layers of this step; until three of them have run, the
+    previous step's (a decode step is compared with decode steps only, never the prefill).
+    """
+
+    MIN_PEERS = 3
+
+    def __init__(self) -> None:
+        self._step: int | None = None
+        self._now: dict[str, list[int]] = {}
+        self._prev: dict[str, list[int]] = {}
+
+    def ratio(self, event: Event) -> float | None:
+        if event.layer is None:
+            return None
+        peers = self._now.get(event.stop, [])
+        if len(peers) < self.MIN_PEERS:
+            peers = peers + self._prev.get(event.stop, [])
+        if len(peers) < self.MIN_PEERS:
+            return None
+        mid = median(peers)
+        return event.dur_ns / mid if mid > 0 else None
+
+    def add(self, event: Event) -> None:
+        if event.step != self._step:
+            # the prefill's per-layer times say nothing about a decode step's
+            self._prev = self._now if self._step not in (None, 0) else {}
+            self._now, self._step = {}, event.step
+        if event.layer is not None:
+            self._now.setdefault(event.stop, []).append(event.dur_ns)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from typing import Callable
 
-from engine.breakpoints import Breakpoint
+from engine.breakpoints import Breakpoint, PeerTimes
 from traces.schema import Event
 
 __all__ = ["Breakpoint", "RunCancelled", "RunController"]
@@ -29,13 +29,16 @@ class RunController:
         self._cancelled = False
         self.paused_at: Event | None = None  # the event the run is stopped at, if paused
         self.reason = "running"
+        self.peers = PeerTimes()  # for relative timing breakpoints (slow>3x)
 
     # Called in the engine thread by the hook bus.
     def __call__(self, event: Event) -> None:
         with self._lock:
             if self._cancelled:
                 raise RunCancelled()
-            hit = None if self._ignore_breakpoints else next((b for b in self.breakpoints if b.matches(event)), None)
+            hit = None if self._ignore_breakpoints else next(
+                (b for b in self.breakpoints if b.matches(event, self.peers)), None)
+            self.peers.add(event)
             stepped = self._pause_when is not None and self._pause_when(event)
             if not (stepped or hit):
                 return

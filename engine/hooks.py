@@ -49,6 +49,7 @@ class HookBus:
         self._listeners: list[Listener] = []
         self._filter: Callable[[str, int | None], bool] | None = None
         self.enabled = False
+        self.keep_tensors = True  # False: events carry scalars and timings only (a profile)
         self._seq = 0
         self._last_ns = 0
 
@@ -91,7 +92,7 @@ class HookBus:
             step=step,
             layer=layer,
             part=part,
-            tensors={k: to_numpy(v) for k, v in (tensors or {}).items()},
+            tensors={k: to_numpy(v) for k, v in tensors.items()} if tensors and self.keep_tensors else {},
             scalars=scalars,
             t_start_ns=self._last_ns or now,
             dur_ns=now - self._last_ns if self._last_ns else 0,

@@ -113,8 +113,10 @@ class InspectorApp(App[None]):
         controller: RunController | None = None,
         title: str = "llm-inspect",
         run: Callable[[], None] | None = None,
+        view: str | None = None,
     ) -> None:
         super().__init__()
+        self._initial_view = view  # a view to open on (the profile command opens on timing)
         self.trace = trace
         self.controller = controller
         self._run = run
@@ -151,7 +153,10 @@ class InspectorApp(App[None]):
         nav.build(self.trace)
         nav.focus()
         self._seen = self._trace_signature()
-        self.set_reactive(InspectorApp.selection, Selection(step=self._latest_step() if self.live else 0))
+        selection = Selection(step=self._latest_step() if self.live else 0)
+        if self._initial_view in VIEWS:
+            selection = selection.with_view(self._initial_view)
+        self.set_reactive(InspectorApp.selection, selection)
         self._show()
         self._update_status()
         if self.live:
@@ -400,6 +405,7 @@ def make_app(
     controller: RunController | None = None,
     title: str = "llm-inspect",
     run: Callable[[], None] | None = None,
+    view: str | None = None,
 ) -> InspectorApp:
     """The app factory the CLI and the tests share."""
-    return InspectorApp(trace, controller=controller, title=title, run=run)
+    return InspectorApp(trace, controller=controller, title=title, run=run, view=view)

@@ -6,4 +6,5 @@ A module is imported only when its command runs, so `llm-inspect info` never loa
 # name -> module; the run command (no name) is `run`.
 COMMANDS = {
     "replay": "inspector.commands.replay",
+    "profile": "inspector.commands.profile",
 }

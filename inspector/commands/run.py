@@ -23,6 +23,8 @@ def parser() -> Parser:
     p.add_argument("--break", dest="breaks", action="append", default=[], metavar="SPEC",
                    help="pause the live run there (repeatable): STOP[@LAYER][:STEP] such as attn@3 or logits:5, "
                         "or a condition: entropy>4, top1<0.2, slow>2ms, token=42; terms combine: 'attn@3 slow>1ms'")
+    p.add_argument("--break-slow", metavar="FACTOR", help="pause at the first layer's stop FACTOR times slower "
+                   "than the same stop in the other layers, e.g. 3x (same as --break 'slow>3x')")
     p.add_argument("--paused", action="store_true", help="start paused at the first stop")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
@@ -66,6 +68,9 @@ def main(args) -> int:
 
     try:
         breakpoints = [Breakpoint.parse(b) for b in args.breaks]
+        if args.break_slow:
+            factor = args.break_slow.rstrip("x")
+            breakpoints.append(Breakpoint.parse(f"slow>{factor}x"))
     except ValueError as e:
         raise CliError(str(e)) from None
     bus = HookBus()
