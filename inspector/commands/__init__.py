@@ -6,5 +6,7 @@ A module is imported only when its command runs, so `llm-inspect info` never loa
 # name -> module; the run command (no name) is `run`.
 COMMANDS = {
     "replay": "inspector.commands.replay",
+    "diff": "inspector.commands.diff",
+    "export": "inspector.commands.export",
     "profile": "inspector.commands.profile",
 }
