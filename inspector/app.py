@@ -35,6 +35,7 @@ from views.attention import AttentionView
 from views.event import EventView
 from views.logits import LogitsView
 from views.navigator import Navigator
+from views.qkv import QKVView
 from views.residual import ResidualView
 from views.safe import assemble, escape_controls
 from views.selection import VIEWS, Selection
@@ -54,7 +55,7 @@ VIEW = Binding.Group("view")
 SECTIONS = {"run": "live run", "nav": "move", "view": "views", "app": "app"}
 # Actions that need a live run, and those that only mean something in one view.
 LIVE_ACTIONS = {"pause_resume", "step_stop", "step_layer", "step_token", "run_to_end", "breakpoints"}
-VIEW_ACTIONS = {"head": "attention"}
+VIEW_ACTIONS = {"head": ("attention", "qkv")}
 
 
 def describe_model(info: dict) -> str:
@@ -96,9 +97,10 @@ class InspectorApp(App[None]):
         Binding("t", "view('tokens')", "tokens view", id="view.tokens", group=VIEW),
         Binding("a", "view('attention')", "attention view", id="view.attention", group=VIEW),
         Binding("g", "view('logits')", "logits view", id="view.logits", group=VIEW),
-        Binding("r", "view('residual')", "residual stream view", id="view.residual", group=VIEW, show=False),
-        Binding("e", "view('event')", "event view (raw numbers)", id="view.event", group=VIEW, show=False),
-        Binding("p", "view('timing')", "timing view (slowest stops, per layer)", id="view.timing", group=VIEW,
+        Binding("r", "view('residual')", "residual view", id="view.residual", group=VIEW, show=False),
+        Binding("v", "view('qkv')", "q·k·v, rope view", id="view.qkv", group=VIEW, show=False),
+        Binding("e", "view('event')", "event (raw numbers)", id="view.event", group=VIEW, show=False),
+        Binding("p", "view('timing')", "timing view", id="view.timing", group=VIEW,
                 show=False),
         Binding("question_mark", "help", "help", id="app.help", key_display="?"),
         Binding("q", "quit", "quit", id="app.quit"),
@@ -140,6 +142,7 @@ class InspectorApp(App[None]):
                 yield AttentionView(id="attention")
                 yield LogitsView(id="logits")
                 yield EventView(id="event")
+                yield QKVView(id="qkv")
                 yield ResidualView(id="residual")
                 yield TimingView(id="timing")
         yield StepBar(id="stepbar")
@@ -280,7 +283,7 @@ class InspectorApp(App[None]):
                 return False
             return None if self._run_state in ("finished", "cancelled") or self._run_state.startswith("error") \
                 else True
-        if action in VIEW_ACTIONS and self.selection.view != VIEW_ACTIONS[action]:
+        if action in VIEW_ACTIONS and self.selection.view not in VIEW_ACTIONS[action]:
             return None
         return True
 
@@ -381,16 +384,16 @@ class InspectorApp(App[None]):
             binding = bindings[0]
             keys = [self.get_key_display(b.with_key(b.key)) for b in bindings]
             action = binding.action.split("(")[0]
-            note = "live only" if action in LIVE_ACTIONS else VIEW_ACTIONS.get(action, "")
+            note = "live" if action in LIVE_ACTIONS else ", ".join(VIEW_ACTIONS.get(action, ()))
             rows.append(HelpRow(SECTIONS.get(binding_id.split(".")[0], "other"), " ".join(keys),
                                 binding.description, note))
         order = list(SECTIONS.values())
         rows.sort(key=lambda r: order.index(r.section) if r.section in order else len(order))
         rows += [
             HelpRow("navigator", "↑ ↓", "move between stops"),
-            HelpRow("navigator", "enter", "show a stop's layers"),
-            HelpRow("navigator", "tab", "focus the view, to scroll it"),
-            HelpRow("navigator", "^p", "find a stop or layer by name"),
+            HelpRow("navigator", "enter", "a stop's layers"),
+            HelpRow("navigator", "tab", "focus the view"),
+            HelpRow("navigator", "^p", "find a stop by name"),
         ]
         return rows
 

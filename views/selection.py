@@ -19,12 +19,14 @@ VIEW_FOR_STOP: dict[str, str] = {
     "gqa": "attention",
     "logits": "logits",
     "sample": "logits",
+    "qkv": "qkv",
+    "rope": "qkv",
     "embed": "residual",
     "residual": "residual",
 }
 # The stop a view stands for when it is picked by its key.
-STOP_FOR_VIEW: dict[str, str] = {"tokens": "tokenize", "attention": "attn", "logits": "logits", "residual": "residual"}
-VIEWS: tuple[str, ...] = ("tokens", "attention", "logits", "residual", "event", "timing")
+STOP_FOR_VIEW: dict[str, str] = {"tokens": "tokenize", "attention": "attn", "logits": "logits", "residual": "residual", "qkv": "qkv"}
+VIEWS: tuple[str, ...] = ("tokens", "attention", "logits", "qkv", "residual", "event", "timing")
 
 
 @dataclass(frozen=True)
