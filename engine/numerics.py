@@ -14,8 +14,10 @@ Three modes:
   prompt goes at about the same rate per token (ggml, too, runs Q4_1 rows one vec_dot at a
   time; here that means elementwise work instead of a BLAS matmul: a 400-token prompt takes
   ~1.5 min). It keeps a second float32 copy of each Q4_1 weight (block mins subtracted).
-  The bit-exact kernels apply to float32 on the CPU and to Q4_1/Q8_1 matmuls; anything else
-  (other weight types, bf16, a GPU) gets the `llamacpp-fast` computation.
+  The bit-exact kernels apply to float32 on the CPU: Q4_1 x Q8_1 from the dequantized weight,
+  and Q4_0/Q5_0/Q8_0 x Q8_0 and Q4_K/Q6_K x Q8_K from the weight's integer quants when the
+  Numerics is given `blocks` (the raw GGUF bytes; engine/numerics_quant.py). Anything else
+  (other weight types, no `blocks`, bf16, a GPU) gets the `llamacpp-fast` computation.
 * `llamacpp-fast`: every rounding, vectorized, but torch's summation order: each op lands
   within ~1e-7 relative of llama.cpp's (~9.8 tok/s). That is not enough to follow
   llama.cpp's greedy path: see the last paragraph.
@@ -43,6 +45,42 @@ vec.h/vec.cpp, ops.cpp, llamafile/sgemm.cpp) and checked tensor by tensor:
   powf(base, -2/n_dims), cosf/sinf from the C library, and the rotation compiled with FMA
   contraction: y0 = fma(x0, cos, -x1*sin), y1 = fma(x0, sin, x1*cos).
 
+Gemma 3 270M Q4_K_M (Q5_0 attn_q/k/v and ffn_gate/up, Q8_0 some attn_v and the tied
+token_embd, Q4_K attn_output and some ffn_down, Q6_K the other ffn_down), checked node by node
+against llama.cpp's own inputs (tests/test_numerics.py; layers 0-3 there, all 18 layers by hand),
+max abs difference per matmul node, `llamacpp-fast` -> `llamacpp` with blocks:
+
+    node (type)          one token (decode)    batch (prefill)
+    attn_q/k (Q5_0)      4.6e-5 -> 0           9.2e-5 -> 0
+    ffn_gate/up (Q5_0)   2.9e-6 -> 0           2.9e-6 -> 0
+    attn_v (Q8_0)        1.5e-5 -> 0           2.3e-5 -> 0
+    attn_output (Q4_K)   1.1e-5 -> 0           3.1e-5 -> 0   (0.80 / 1.69 before Q8_K existed here)
+    ffn_down (Q4_K)      1.9e-6 -> 0           1.9e-6 -> 0
+    ffn_down (Q6_K)      3.8e-6 -> 0           2.9e-6 -> 2.9e-6 (ggml's tiled path, below)
+    output (Q8_0, 262k)  1.1e-5 -> 0 (kernel; the engine keeps it vectorized: VECTORIZED_OUTPUT)
+    ffn_geglu            0 (fp16 table)        0
+
+* Q8_K (Q4_K/Q6_K's activations): per 256, d = 1/iscale kept in float32, iscale = -127.f/max
+  with max the first element of largest |x| (signed), q = nearest_int(fl(iscale*x)).
+* Which kernel runs (this build: llama-cpp-python 0.3.36, AVX2, REPACK and LLAMAFILE on):
+  Q5_0/Q8_0 go through vec_dot (one row) or llamafile's tinyBLAS (a batch), the same
+  arithmetic. Q4_K weights (rows a multiple of 8) are repacked to Q4_Kx8 at load: ggml_gemv
+  (one row; also the rows of a batch left over from groups of 4) rounds into its accumulator
+  once per super-block, ggml_gemm (groups of 4 rows) once per 64 elements. Q6_K is not
+  repacked on AVX2: one row goes through vec_dot_q6_K_q8_K (8 lanes), but a batch goes
+  through ggml's newer tiled K-quant matmul (GGML_CPU_TILED_MM, on by default), whose order
+  is not reproduced here: its Q6_K nodes differ by ~1 ulp (2.9e-6 abs); with
+  GGML_CPU_TILED_MM=0 set before llama.cpp loads, its batches take vec_dot and match exactly.
+* GeGLU (GGML_GELU_FP16): gate <= -10 -> 0, >= 10 -> gate*up, else table[fp16(gate)]*up, the
+  table being fp16(0.5f*x*(1+tanhf(SQRT_2_OVER_PI*x*fma(A*x, x, 1)))) for every fp16 x
+  (equal to llama.cpp's ggml_table_gelu_f16 entry for entry). Gemma's QK-norm is the same
+  rms_norm per 256-element head (bit-identical), its embedding scale an ordinary float multiply.
+* Cost: the integer kernels run in float64 bmm plus a numpy fma loop over blocks; measured
+  alone (quiet machine) a decode matmul takes 0.3-1.1 ms against ~0.1-0.5 ms vectorized; the
+  262k-row tied output would take 0.7-1.0 s a token bit-exact against ~0.07 s, which is why
+  it stays vectorized. Whole-model tok/s on this shared 2-core machine were too noisy to quote
+  (load average ~6 from other jobs); measure with bench/parity.py --model gemma3.
+
 Why the summation order matters. vec_dot_q4_1_q8_1 accumulates 8 float lanes block after
 block with an fma each and adds the mins' sum last; K·Q and softmax·V go through
 ggml_vec_dot_f16 (4x8 accumulators, 32 elements a step) for one token and llamafile's tinyBLAS
@@ -58,10 +96,14 @@ exactly that way (bench/parity.py, row "llama.cpp batch"), and its greedy path c
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 import torch
 from gguf import GGMLQuantizationType as T
+
+from engine import numerics_quant as nq
+from engine.numerics_quant import hsum8
 
 NUMERICS = ("llamacpp", "exact", "llamacpp-fast")
 
@@ -74,7 +116,17 @@ VEC_DOT_TYPE = {
     T.Q4_1: "q8_1",
     T.Q5_1: "q8_1",
     T.F16: "f16",
+    T.Q2_K: "q8_K",
+    T.Q3_K: "q8_K",
+    T.Q4_K: "q8_K",
+    T.Q5_K: "q8_K",
+    T.Q6_K: "q8_K",
 }
+
+# The output projection (tied or not) stays vectorized in `llamacpp` mode: nothing downstream
+# of the logits rounds, and on Gemma 3's 262k-row Q8_0 matrix the bit-exact kernel takes
+# ~0.7-1 s a token on 2 cores against ~0.07 s (the logits then differ by <= ~1e-5).
+VECTORIZED_OUTPUT = ("output.weight", "token_embd.weight")
 
 # Weight types whose blocks are d*q + m (a min per block of 32): their dot product with Q8_1
 # adds m * s, s being Q8_1's fp16 block sum.
@@ -124,6 +176,8 @@ def round_f16(x: torch.Tensor) -> torch.Tensor:
 def round_activation(x: torch.Tensor, vec_dot_type: str | None) -> torch.Tensor:
     if vec_dot_type in ("q8_0", "q8_1"):
         return quantize_q8(x)
+    if vec_dot_type == "q8_K":
+        return nq.fake_quantize_q8_K(x)
     if vec_dot_type == "f16":
         return round_f16(x)
     return x
@@ -143,7 +197,10 @@ def block_mins(weight: torch.Tensor) -> torch.Tensor:
 class Numerics:
     """The rounding a model applies where llama.cpp would, or none (`exact`)."""
 
-    def __init__(self, mode: str, weight_types: dict[str, T]):
+    def __init__(self, mode: str, weight_types: dict[str, T], blocks: Callable[[str], np.ndarray] | None = None):
+        """`blocks(name)` returns a weight's raw GGUF bytes (GGUFFile.tensor_bytes): with it,
+        `llamacpp` runs the Q4_0/Q5_0/Q8_0/Q4_K/Q6_K matmuls on their integer quants, bit for
+        bit (engine/numerics_quant.py); without it those fall back to `llamacpp-fast`."""
         if mode not in NUMERICS:
             raise ValueError(f"unknown numerics {mode!r} (one of {', '.join(NUMERICS)})")
         self.mode = mode
@@ -160,6 +217,9 @@ class Numerics:
         self._mins: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # name -> (weight, its block mins^T)
         self._last: tuple | None = None  # (input, vec_dot_type, quantized input, s correction)
         self._rope: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._blocks = blocks
+        self._int: dict[str, tuple[torch.Tensor, nq.IntWeight]] = {}  # name -> (weight, its integer form)
+        self._last_int: tuple | None = None  # (input, kernel's activation type, its quantization)
 
     # -- matmuls ---------------------------------------------------------------------
 
@@ -188,13 +248,34 @@ class Numerics:
         vdt = self.act.get(name)
         if vdt is None:
             return x @ weight.T
-        if self.bitexact and self.types.get(name) == T.Q4_1 and x.dtype == torch.float32 and x.device.type == "cpu":
+        exact_ok = self.bitexact and x.dtype == torch.float32 and x.device.type == "cpu"
+        if exact_ok and self.types.get(name) == T.Q4_1:
             return self._linear_q4_1_bitexact(x, weight, name)
+        if exact_ok and self._blocks is not None and self.types.get(name) in nq.KERNELS and name not in VECTORIZED_OUTPUT:
+            return self._linear_int(x, weight, name)
         xq, delta = self._quantized(x, vdt)
         y = xq @ weight.T
         if delta is not None and name in self.with_min:
             y = y + delta @ self._mins_t(weight, name)
         return y
+
+    def _linear_int(self, x: torch.Tensor, weight: torch.Tensor, name: str) -> torch.Tensor:
+        """The matmul on the weight's integer quants, as ggml's kernel for its type computes it."""
+        cached = self._int.get(name)
+        if cached is None or cached[0] is not weight:
+            n_out, n_in = weight.shape
+            cached = (weight, nq.load(self._blocks(name), self.types[name], n_out, n_in))
+            self._int[name] = cached
+        w = cached[1]
+        vdt = self.act[name]
+        xt = x.reshape(-1, x.shape[-1])
+        last = self._last_int
+        if last is not None and last[0] is x and last[1] == vdt:  # q, k, v (gate, up) share their input
+            xq = last[2]
+        else:
+            xq = (nq.quantize_q8_0 if vdt == "q8_0" else nq.quantize_q8_K)(xt)
+            self._last_int = (x, vdt, xq)
+        return nq.matmul(xt, w, xq).reshape(*x.shape[:-1], w.n_out)
 
     def _linear_q4_1_bitexact(self, x: torch.Tensor, weight: torch.Tensor, name: str) -> torch.Tensor:
         """ggml_vec_dot_q4_1_q8_1 (AVX2) for every row: per block b, the 8 lanes of
@@ -313,8 +394,17 @@ class Numerics:
         return (gate / (1.0 + ggml_v_expf(-gate).to(gate.dtype)) * up).to(gate.dtype)
 
     def geglu(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-        """gelu(gate) * up, GELU in its tanh form (Gemma's FFN). ggml's rounding: not yet reproduced."""
-        return torch.nn.functional.gelu(gate, approximate="tanh") * up
+        """gelu(gate) * up, GELU in its tanh form (Gemma's FFN)."""
+        if not self.on:
+            return torch.nn.functional.gelu(gate, approximate="tanh") * up
+        # ggml_vec_geglu_f32 (GGML_GELU_FP16): gate <= -10 gives 0, gate >= 10 gives gate*up,
+        # anything between is looked up in ggml's fp16 GELU table at fp16(gate), then * up.
+        g = gate.float()
+        table = _gelu_f16_table().to(g.device)
+        idx = g.half().view(torch.int16).long() & 0xFFFF
+        y = table[idx] * up.float()
+        y = torch.where(g >= 10, g * up.float(), y)
+        return torch.where(g <= -10, torch.zeros_like(y), y).to(gate.dtype)
 
     def rope_cos_sin(self, positions: torch.Tensor, rope_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin of each (position, pair) angle pos * theta^(-2i/d): [T, rope_dim/2] each."""
@@ -414,12 +504,6 @@ def ggml_v_expf(x: torch.Tensor) -> torch.Tensor:
     return torch.where(big, slow, fast)
 
 
-def hsum8(v: torch.Tensor) -> torch.Tensor:
-    """hsum_float_8: the sum of 8 float lanes [..., 8] in the order the AVX2 shuffles add them."""
-    r = v[..., 4:] + v[..., :4]
-    return (r[..., 0] + r[..., 2]) + (r[..., 1] + r[..., 3])
-
-
 def _rows_per_chunk(per_row: int, n_rows: int, budget: int = 1 << 23) -> int:
     return max(1, min(n_rows, budget // max(1, per_row)))
 
@@ -466,7 +550,7 @@ def _libm_cos_sin(angles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
         try:
             lib = ctypes.CDLL(ctypes.util.find_library("m") or "libm.so.6")
-            for fn in (lib.cosf, lib.sinf):
+            for fn in (lib.cosf, lib.sinf, lib.tanhf):
                 fn.argtypes, fn.restype = [ctypes.c_float], ctypes.c_float
             _LIBM = lib
         except OSError:
@@ -479,6 +563,35 @@ def _libm_cos_sin(angles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     cos = np.array([cosf(a) for a in flat], dtype=np.float32).reshape(angles.shape)
     sin = np.array([sinf(a) for a in flat], dtype=np.float32).reshape(angles.shape)
     return cos, sin
+
+
+_GELU_TABLE: torch.Tensor | None = None
+
+
+def _gelu_f16_table() -> torch.Tensor:
+    """ggml_table_gelu_f16 as float32 [65536], one entry per fp16 bit pattern: fp16 of
+    0.5f*x*(1.0f + tanhf(SQRT_2_OVER_PI*x*(1.0f + GELU_COEF_A*x*x))), evaluated as ggml-cpu is
+    compiled: float32, the inner 1 + (A*x)*x contracted to an fma, tanhf from the C library.
+    (Checked entry by entry against the table in llama.cpp's libggml-cpu: all 63 488 finite
+    entries agree; without the fma, one does not.)"""
+    global _GELU_TABLE
+    if _GELU_TABLE is None:
+        x = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32)
+        a, s = np.float32(0.044715), np.float32(0.79788456080286535587989211986876)
+        with np.errstate(all="ignore"):
+            inner = ((a * x).astype(np.float64) * x + 1.0).astype(np.float32)  # fma(A*x, x, 1)
+            t = _libm_tanh((s * x) * inner)
+            y = (np.float32(0.5) * x) * (np.float32(1) + t)
+        _GELU_TABLE = torch.from_numpy(y.astype(np.float16).astype(np.float32))
+    return _GELU_TABLE
+
+
+def _libm_tanh(v: np.ndarray) -> np.ndarray:
+    _libm_cos_sin(np.zeros(0, dtype=np.float32))  # loads the library once
+    if _LIBM is False:
+        return np.tanh(v.astype(np.float64)).astype(np.float32)
+    tanhf = _LIBM.tanhf
+    return np.array([tanhf(a) for a in v.tolist()], dtype=np.float32)
 
 
 def _f32(v: float) -> torch.Tensor:
