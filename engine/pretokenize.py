@@ -11,9 +11,11 @@ stands for its Unicode category. Both are reproduced here:
               │ custom GPT-2 / llama3 splitter, or
               └ Python `re` over the collapsed text (same alphabet, same classes)
 
-Unicode categories come from the stdlib `unicodedata` (llama.cpp's table is generated
-from the `regex` module; the two agree except on code points assigned after the
-stdlib's Unicode version, which both put outside \\p{L}, \\p{N} and \\s anyway).
+Unicode categories come from the stdlib `unicodedata`. llama.cpp's table (src/unicode-data.cpp)
+is Unicode 15.1; Python 3.11's stdlib is 14.0, which leaves the letters, digits and
+punctuation that 15.0/15.1 added unassigned: UNICODE_15_ADDITIONS puts them back (checked
+against llama.cpp code point by code point, see tests/test_tokenizer_corpus.py). Code points
+assigned later than 15.1 (a newer Python's stdlib) are unassigned for llama.cpp.
 """
 
 from __future__ import annotations
@@ -35,14 +37,49 @@ WHITESPACE_CPTS = frozenset(
     [0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x20, 0x85, 0xA0, 0x1680, *range(0x2000, 0x200B),
      0x2028, 0x2029, 0x202F, 0x205F, 0x3000])
 
+# Letters (L), digits (N) and punctuation (P) assigned in Unicode 15.0 and 15.1, which the
+# stdlib's 14.0 tables call unassigned: (first, last, flag). Only these three classes (and \\s,
+# unchanged since 14.0) decide a split of the pre-tokenizers we support.
+UNICODE_15_ADDITIONS = (
+    (0x1123F, 0x11240, LETTER),     # Khojki
+    (0x11B00, 0x11B09, PUNCTUATION),  # Devanagari Extended-A
+    (0x11F02, 0x11F02, LETTER),     # Kawi
+    (0x11F04, 0x11F10, LETTER),
+    (0x11F12, 0x11F33, LETTER),
+    (0x11F43, 0x11F4F, PUNCTUATION),
+    (0x11F50, 0x11F59, NUMBER),
+    (0x1342F, 0x1342F, LETTER),     # Egyptian hieroglyphs
+    (0x13441, 0x13446, LETTER),
+    (0x1B132, 0x1B132, LETTER),     # small kana
+    (0x1B155, 0x1B155, LETTER),
+    (0x1D2C0, 0x1D2D3, NUMBER),     # Kaktovik numerals
+    (0x1DF25, 0x1DF2A, LETTER),     # Latin Extended-G
+    (0x1E030, 0x1E06D, LETTER),     # Cyrillic Extended-D
+    (0x1E4D0, 0x1E4EB, LETTER),     # Nag Mundari
+    (0x1E4F0, 0x1E4F9, NUMBER),
+    (0x2B739, 0x2B739, LETTER),     # CJK Extension B
+    (0x2EBF0, 0x2EE5D, LETTER),     # CJK Extension I (15.1)
+    (0x31350, 0x323AF, LETTER),     # CJK Extension H
+)
+
 _flag_cache: dict[str, int] = {}
+
+
+def _category_flag(ch: str) -> int:
+    cat = unicodedata.category(ch)
+    if cat == "Cn":
+        cp = ord(ch)
+        for first, last, flag in UNICODE_15_ADDITIONS:
+            if first <= cp <= last:
+                return flag
+    return _CATEGORY[cat[0]]
 
 
 def char_flags(ch: str) -> int:
     """The category flag of one character, plus WHITESPACE when it is \\s."""
     f = _flag_cache.get(ch)
     if f is None:
-        f = _CATEGORY[unicodedata.category(ch)[0]]
+        f = _category_flag(ch)
         if ord(ch) in WHITESPACE_CPTS:
             f |= WHITESPACE
         _flag_cache[ch] = f

@@ -1,11 +1,18 @@
-"""Incremental detokenization: release text to the user without ever splitting a UTF-8 character.
+"""Incremental detokenization: release text to the user without ever splitting a UTF-8 character
+or a stop string.
 
 A byte-level BPE token can end in the middle of a multi-byte character (an emoji is often
 two or three tokens). The bytes of an unfinished character are held back until the token
-that completes them arrives; the stream stop shows what was released and what is held.
+that completes them arrives. The decoded text then goes through the stop matcher
+(engine/stop.py), which holds back an end that could still begin a stop string. The stream
+stop shows what was released and what is held, of each kind.
 """
 
 from __future__ import annotations
+
+from typing import Sequence
+
+from engine.stop import StopMatcher
 
 
 def utf8_complete_prefix(data: bytes) -> int:
@@ -22,15 +29,26 @@ def utf8_complete_prefix(data: bytes) -> int:
 
 
 class TextStream:
-    def __init__(self) -> None:
-        self.held = b""
+    def __init__(self, stops: Sequence[str] = ()) -> None:
+        self.held = b""  # the bytes of an unfinished UTF-8 character
+        self.stops = StopMatcher(stops)
+
+    @property
+    def matched(self) -> str | None:
+        """The stop string the text ran into, if it did: the generation is over."""
+        return self.stops.matched
 
     def push(self, data: bytes) -> str:
+        if self.matched is not None:
+            return ""
         buf = self.held + data
         cut = utf8_complete_prefix(buf)
         self.held = buf[cut:]
-        return buf[:cut].decode("utf-8", errors="replace")
+        return self.stops.push(buf[:cut].decode("utf-8", errors="replace"))
 
     def flush(self) -> str:
-        out, self.held = self.held.decode("utf-8", errors="replace"), b""
-        return out
+        """The generation ended: release what is held, unless a stop string ended it."""
+        tail, self.held = self.held.decode("utf-8", errors="replace"), b""
+        if self.matched is not None:
+            return ""
+        return self.stops.push(tail) + self.stops.flush()

@@ -1,21 +1,221 @@
-"""Load a model's weights from a GGUF: dequantized once, on the target device, in the target dtype."""
+"""A model's weights from a GGUF: dequantized once, on the target device, in the target dtype.
+
+Dequantizing is most of what opening a model costs (SmolLM2-135M: ~1-2 s, Gemma 3 270M:
+~4 s on 2 cores, most of it the 262k-row embedding), so `Weights` does it in a background
+thread and the app opens at once. The thread goes in the order the forward pass reads
+the weights (the embedding, then layer 0's, layer 1's, ..., then the output), so by the
+time a forward needs a weight it is usually there; when it is not, the forward waits for
+it, and the thread takes that weight next. Each weight is dequantized exactly once, and
+what the forward gets is the same tensor `load_weights` would give (tests/test_weights.py).
+
+Also here: turning `--device` / `--dtype` into torch's objects, with a one-line error for a
+name this machine cannot run.
+"""
 
 from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import torch
 
 from engine.gguf_file import GGUFFile
-from engine.quants import block_layout, dequantize
+from engine.quants import UnsupportedQuant, block_layout, dequantize
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class DeviceError(ValueError):
+    """A device or dtype this machine cannot run the engine on."""
+
+
+def device_and_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
+    """`cpu` / `cuda` / `cuda:N` and a DTYPES name -> torch's objects, or one line saying why not."""
+    if dtype not in DTYPES:
+        raise DeviceError(f"unknown dtype {dtype!r} (one of {', '.join(DTYPES)})")
+    kind, _, index = device.partition(":")
+    if kind not in ("cpu", "cuda") or (index and not index.isdigit()) or (kind == "cpu" and index):
+        raise DeviceError(f"unknown device {device!r} (cpu, cuda or cuda:N)")
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"--device {device} asked for, but torch sees no CUDA device")
+        if index and int(index) >= torch.cuda.device_count():
+            raise DeviceError(f"no CUDA device {index} (torch sees {torch.cuda.device_count()})")
+    return torch.device(device), DTYPES[dtype]
+
+
+def check_weights(gguf: GGUFFile) -> None:
+    """Refuse a file we could not dequantize now, before any work goes to the background:
+    an unsupported type or rows that are not whole blocks fail here, with one line."""
+    for name, info in gguf.tensors.items():
+        layout = block_layout(info.type)
+        if layout["fields"] is None:
+            raise UnsupportedQuant(f"no dequantizer for {info.type.name} in tensor '{name}'")
+        if info.shape and info.shape[0] % layout["block_size"]:
+            raise UnsupportedQuant(f"{info.type.name} rows of {info.shape[0]} elements in tensor '{name}' "
+                                   f"are not whole blocks of {layout['block_size']}")
+
+
+def dequantize_weight(gguf: GGUFFile, name: str, device, dtype: torch.dtype) -> torch.Tensor:
+    info = gguf.tensors[name]
+    # A copy: the mmap is read-only and torch wants writable memory; it is dropped once dequantized.
+    raw = torch.from_numpy(np.array(gguf.tensor_bytes(name)))
+    return dequantize(raw.to(device), info.type, info.shape, device=device, dtype=dtype, name=name)
 
 
 def load_weights(gguf: GGUFFile, device="cpu", dtype=torch.float32) -> dict[str, torch.Tensor]:
-    weights = {}
-    for name, info in gguf.tensors.items():
-        # A copy: the mmap is read-only and torch wants writable memory; it is dropped once dequantized.
-        raw = torch.from_numpy(np.array(gguf.tensor_bytes(name)))
-        weights[name] = dequantize(raw.to(device), info.type, info.shape, device=device, dtype=dtype, name=name)
-    return weights
+    """Every weight, dequantized now (what `Weights` computes, without the thread)."""
+    return {name: dequantize_weight(gguf, name, device, dtype) for name in gguf.tensors}
+
+
+def forward_order(names: list[str], n_layer: int) -> list[str]:
+    """The order a forward pass reads the weights in: the embedding, each layer's (in file
+    order within the layer), then whatever is left (the output norm and matrix)."""
+    first = [n for n in ("token_embd.weight",) if n in names]
+    layers = []
+    for il in range(n_layer):
+        prefix = f"blk.{il}."  # how the models name a layer's weights
+        layers += [n for n in names if n.startswith(prefix)]
+    placed = set(first) | set(layers)
+    return first + layers + [n for n in names if n not in placed]
+
+
+class Weights(Mapping):
+    """name -> weight, read by the models like a dict; a weight not dequantized yet is
+    waited for. Thread-safe: the loader thread and any reader share one condition."""
+
+    def __init__(self, gguf: GGUFFile, device="cpu", dtype=torch.float32, n_layer: int = 0,
+                 background: bool = True, threads: int | None = None):
+        self.gguf, self.device, self.dtype = gguf, torch.device(device), dtype
+        self.order = forward_order(list(gguf.tensors), n_layer)
+        self._names = frozenset(self.order)
+        self._ready: dict[str, torch.Tensor] = {}
+        self._busy: set[str] = set()  # being dequantized right now
+        self._wanted: list[str] = []  # a reader is waiting on these: the loader takes them first
+        self._next = 0  # position in self.order
+        self._error: BaseException | None = None
+        self._closed = False
+        self._cond = threading.Condition()
+        # The loader keeps to the cores the app and the forward pass are not using: on a
+        # 2-core machine, one. (torch's thread count is per thread, so this is the loader's
+        # alone; two OpenMP teams on two cores slow each other down several times over.)
+        self._threads = threads or max(1, (os.cpu_count() or 2) - 1)
+        self._thread = None
+        if background:
+            self._thread = threading.Thread(target=self._load, name="weights", daemon=True)
+            self._thread.start()
+
+    # -- Mapping ------------------------------------------------------------------------
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        w = self._ready.get(name)
+        if w is not None:
+            return w
+        if name not in self._names:
+            raise KeyError(name)
+        return self._wait(name)
+
+    def get(self, name: str, default=None):
+        return self[name] if name in self._names else default  # no KeyError raised and caught per call
+
+    def __contains__(self, name) -> bool:
+        return name in self._names
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.order)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    # -- progress -------------------------------------------------------------------------
+
+    @property
+    def n_ready(self) -> int:
+        return len(self._ready)
+
+    def ready(self) -> bool:
+        return len(self._ready) == len(self.order)
+
+    def wait_all(self) -> None:
+        """Block until every weight is dequantized (a benchmark's start line)."""
+        for name in self.order:
+            self[name]
+
+    def close(self) -> None:
+        """Stop the loader after the weight in hand; readers then dequantize what they need."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    # -- the work -------------------------------------------------------------------------
+
+    def _wait(self, name: str) -> torch.Tensor:
+        with self._cond:
+            while True:
+                w = self._ready.get(name)
+                if w is not None:
+                    return w
+                if self._error is not None:
+                    raise RuntimeError(f"dequantizing the weights failed: {self._error}") from self._error
+                loader = self._thread is not None and self._thread.is_alive() and not self._closed
+                if name not in self._busy:
+                    if not loader:
+                        self._busy.add(name)  # nobody else will: dequantize it here
+                        break
+                    if name not in self._wanted:
+                        self._wanted.append(name)
+                        self._cond.notify_all()
+                self._cond.wait(timeout=1.0)  # the flags above are re-read on every wake-up
+        return self._finish(name, self._compute, name)
+
+    def _compute(self, name: str) -> torch.Tensor:
+        return dequantize_weight(self.gguf, name, self.device, self.dtype)
+
+    def _finish(self, name: str, fn, *args) -> torch.Tensor:
+        try:
+            w = fn(*args)
+        except BaseException as e:
+            with self._cond:
+                self._busy.discard(name)
+                self._error = e
+                self._cond.notify_all()
+            raise
+        with self._cond:
+            self._ready[name] = w
+            self._busy.discard(name)
+            self._cond.notify_all()
+        return w
+
+    def _claim(self) -> str | None:
+        """The next weight for the loader: one a reader waits on, else the next in order."""
+        with self._cond:
+            if self._closed or self._error is not None:
+                return None
+            while self._wanted:
+                name = self._wanted.pop(0)
+                if name not in self._ready and name not in self._busy:
+                    self._busy.add(name)
+                    return name
+            while self._next < len(self.order):
+                name = self.order[self._next]
+                self._next += 1
+                if name not in self._ready and name not in self._busy:
+                    self._busy.add(name)
+                    return name
+            return None
+
+    def _load(self) -> None:
+        torch.set_num_threads(self._threads)
+        while (name := self._claim()) is not None:
+            try:
+                self._finish(name, self._compute, name)
+            except BaseException:
+                return  # kept in self._error: the reader that needs a weight raises it
+        with self._cond:
+            self._cond.notify_all()  # readers waiting on a loader that stopped take over
 
 
 def weight_table(gguf: GGUFFile) -> dict[str, dict]:

@@ -33,11 +33,13 @@ from traces.schema import STOP_BY_NAME, Event
 from views import colors
 from views.attention import AttentionView
 from views.event import EventView
+from views.kv_cache import KVCacheView
 from views.logits import LogitsView
 from views.navigator import Navigator
 from views.qkv import QKVView
 from views.residual import ResidualView
 from views.safe import assemble, escape_controls
+from views.sampling import SamplingView
 from views.selection import VIEWS, Selection
 from views.steps import StepBar
 from views.stream import StreamText
@@ -144,6 +146,8 @@ class InspectorApp(App[None]):
                 yield EventView(id="event")
                 yield QKVView(id="qkv")
                 yield ResidualView(id="residual")
+                yield SamplingView(id="sampling")
+                yield KVCacheView(id="kv")
                 yield TimingView(id="timing")
         yield StepBar(id="stepbar")
         yield StreamText(id="stream")
@@ -268,6 +272,9 @@ class InspectorApp(App[None]):
 
     def _update_status(self) -> None:
         text = self.status_text()
+        cut = self.trace.truncated_at
+        if cut is not None:  # the size budget stopped the tensors: views from here on show scalars only
+            text.append_text(assemble((f" · no tensors from step {cut.step}: {cut.reason}", colors.WARN)))
         if text != self._status:
             self._status = text
             self.query_one("#status", Static).update(text)

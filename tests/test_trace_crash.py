@@ -100,3 +100,44 @@ def test_a_kill_at_a_random_moment_leaves_a_prefix_of_steps(path, seed):
         seen = kill(proc)
     steps = check_steps_intact(path)  # opening never raises, whatever the moment
     assert set(seen) <= set(steps)
+
+
+def test_a_real_run_killed_mid_generation_keeps_every_finished_step(tmp_path):
+    """The whole path, not a stand-in recorder: `llm-inspect --headless --record` on a real (tiny)
+    GGUF, SIGKILLed while it generates. The killed trace holds a prefix of the steps, each one
+    identical to the same steps of an uninterrupted run."""
+    from tests.tiny_models import write_tiny_llama
+    from traces.reader import TraceError
+
+    tiny = write_tiny_llama(tmp_path / "tiny.gguf")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    argv = [sys.executable, "-m", "inspector.cli", str(tiny), "hello the llama", "-n", "200", "--headless",
+            "--seed", "7", "--capture", "full", "--max-trace-size", "none", "--record"]  # one seed: the same draws
+    whole, killed = tmp_path / "whole.trace", tmp_path / "killed.trace"
+    subprocess.run(argv + [str(whole)], check=True, capture_output=True, cwd=ROOT, env=env)
+    proc = subprocess.Popen(argv + [str(killed)], stdout=subprocess.DEVNULL, cwd=ROOT, env=env)
+    try:
+        committed = 0
+        while committed < 5:  # kill once a few steps are on disk: the run is in its decode loop
+            assert proc.poll() is None, "the run finished before it could be killed"
+            try:
+                with TraceReader(killed) as r:
+                    committed = len(r.steps)
+            except (TraceError, FileNotFoundError):
+                pass  # not written yet
+            time.sleep(0.01)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    with TraceReader(killed) as r, TraceReader(whole) as w:
+        assert not r.complete and w.complete
+        assert len(r.steps) >= committed and r.steps == w.steps[: len(r.steps)] and len(r.steps) < len(w.steps)
+        for step in r.steps:
+            got, want = r.events(step), w.events(step)
+            assert [e.key for e in got] == [e.key for e in want]
+            for a, b in zip(got, want):
+                assert a.scalars == b.scalars and set(a.tensors) == set(b.tensors)
+                assert all(np.array_equal(a.tensors[n], b.tensors[n]) for n in a.tensors), a.describe()
+        assert r.verify_all() == []
+        assert r.generated_ids() == w.generated_ids()[: len(r.steps)]

@@ -2,6 +2,18 @@
 
 The vocabulary is a real byte-level BPE: the 256 GPT-2 byte symbols, a few merges, and
 special tokens, so the tokenizer, the engine and llama.cpp all run on it for real.
+
+`arch` picks the tensors and metadata llama.cpp's loader wants for that architecture:
+
+| arch   | beyond llama's tensors                                         | metadata                  |
+|--------|----------------------------------------------------------------|---------------------------|
+| llama  |                                                                |                           |
+| qwen2  | attn_{q,k,v}.bias                                              |                           |
+| qwen3  | attn_{q,k}_norm [head_dim]                                     |                           |
+| gemma3 | attn_{q,k}_norm, post_attention_norm, post_ffw_norm; no output | attention.sliding_window  |
+|        | (tied to token_embd)                                           | (0: none), final_logit_softcapping |
+
+Each extra is drawn large enough to matter: a model that ignored it would not agree with llama.cpp.
 """
 
 from __future__ import annotations
@@ -48,13 +60,19 @@ def write_tiny_llama(
     n_ff: int = 128,
     qtype: GGMLQuantizationType = GGMLQuantizationType.Q8_0,
     arch: str = "llama",
+    sliding_window: int = 4,
+    final_softcap: float = 0.0,
 ) -> Path:
+    """Write a tiny model of `arch` (see the table above). gemma3: `sliding_window` in positions
+    (0 writes none: every layer global), `final_softcap` the logit soft-cap (0 writes none).
+    An architecture not in the table gets llama's tensors under its own name (for the
+    unsupported-architecture error)."""
     rng = np.random.default_rng(seed)
     tokens, types, merges = tiny_vocab()
     n_vocab = len(tokens)
     head_dim = n_embd // n_head
     w = GGUFWriter(str(path), arch)
-    w.add_name("tiny-llama")
+    w.add_name(f"tiny-{arch}")
     w.add_block_count(n_layer)
     w.add_context_length(256)
     w.add_embedding_length(n_embd)
@@ -62,8 +80,13 @@ def write_tiny_llama(
     w.add_head_count(n_head)
     w.add_head_count_kv(n_head_kv)
     w.add_rope_dimension_count(head_dim)
-    w.add_rope_freq_base(10000.0)
-    w.add_layer_norm_rms_eps(1e-5)
+    # gemma3's global layers use this base; its sliding-window layers use 10 000.
+    w.add_rope_freq_base(1_000_000.0 if arch == "gemma3" else 10000.0)
+    w.add_layer_norm_rms_eps(1e-6 if arch == "gemma3" else 1e-5)
+    if arch == "gemma3" and sliding_window:
+        w.add_sliding_window(sliding_window)
+    if arch == "gemma3" and final_softcap:
+        w.add_final_logit_softcapping(final_softcap)
     w.add_vocab_size(n_vocab)
     w.add_file_type(int(qtype))
     w.add_tokenizer_model("gpt2")
@@ -82,8 +105,11 @@ def write_tiny_llama(
         else:
             w.add_tensor(name, quantize(data, qtype), raw_dtype=qtype)
 
-    def norm(name: str, n: int) -> None:
-        w.add_tensor(name, (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32))
+    def norm(name: str, n: int, spread: float = 0.1) -> None:
+        w.add_tensor(name, (1.0 + spread * rng.standard_normal(n)).astype(np.float32))
+
+    def bias(name: str, n: int) -> None:
+        w.add_tensor(name, (0.5 * rng.standard_normal(n)).astype(np.float32))
 
     matrix("token_embd.weight", n_vocab, n_embd, 1.0)
     for il in range(n_layer):
@@ -92,13 +118,25 @@ def write_tiny_llama(
         matrix(p + "attn_q.weight", n_embd, n_embd, n_embd**-0.5)
         matrix(p + "attn_k.weight", n_head_kv * head_dim, n_embd, n_embd**-0.5)
         matrix(p + "attn_v.weight", n_head_kv * head_dim, n_embd, n_embd**-0.5)
+        if arch == "qwen2":
+            bias(p + "attn_q.bias", n_embd)
+            bias(p + "attn_k.bias", n_head_kv * head_dim)
+            bias(p + "attn_v.bias", n_head_kv * head_dim)
+        if arch in ("qwen3", "gemma3"):
+            norm(p + "attn_q_norm.weight", head_dim, 0.3)
+            norm(p + "attn_k_norm.weight", head_dim, 0.3)
         matrix(p + "attn_output.weight", n_embd, n_embd, n_embd**-0.5)
+        if arch == "gemma3":
+            norm(p + "post_attention_norm.weight", n_embd, 0.3)
         norm(p + "ffn_norm.weight", n_embd)
         matrix(p + "ffn_gate.weight", n_ff, n_embd, n_embd**-0.5)
         matrix(p + "ffn_up.weight", n_ff, n_embd, n_embd**-0.5)
         matrix(p + "ffn_down.weight", n_embd, n_ff, n_ff**-0.5)
+        if arch == "gemma3":
+            norm(p + "post_ffw_norm.weight", n_embd, 0.3)
     norm("output_norm.weight", n_embd)
-    matrix("output.weight", n_vocab, n_embd, n_embd**-0.5)
+    if arch != "gemma3":  # gemma3 ties its output matrix to token_embd
+        matrix("output.weight", n_vocab, n_embd, n_embd**-0.5)
 
     w.write_header_to_file()
     w.write_kv_data_to_file()

@@ -2,7 +2,9 @@
 
     import traces
     with traces.open("run.trace") as t:
-        t.steps, t.get(0, "attn", 3).tensors["weights"]
+        t.steps, t.stops, t[0, "attn", 3], t[0, "blocks.3.attn.hook_pattern"].to_torch()
+
+README.md ("Reading a trace from Python") has the API and the TransformerLens name table.
 """
 
 from traces.reader import TraceError, TraceReader, open_trace

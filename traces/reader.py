@@ -26,12 +26,12 @@ from typing import NamedTuple
 
 import numpy as np
 
-from traces.base import Trace
+from traces.base import StepIndex, Trace
 from traces.schema import STOP_BY_NAME, Event
 from traces.writer import (
     ALIGN, COMMIT, COMMIT_KIND, COMMIT_RECORD, DTYPES, FOOTER, FOOTER_ENTRY, FOOTER_KIND, HEADER, INFO,
     MAGIC, RECORD, STEP, STEP_KIND, STEP_RECORD, TABLE, TENSORS_DROPPED, TRAILER, TRAILER_KIND,
-    TRAILER_RECORD, VERSION,
+    TRAILER_RECORD, VERSION, Truncation,
 )
 
 MAX_JSON = 1 << 28  # an INFO or TABLE record past 256 MiB is not one our writer made
@@ -44,7 +44,10 @@ class TraceError(Exception):
 
 
 class TensorSpec(NamedTuple):
-    """Where a tensor lies in the file: enough to show its shape without reading it."""
+    """Where a tensor lies in the file: enough to show its shape without reading it.
+
+    `origin`/`full`: when the capture policy kept a block of a bigger tensor (the last rows,
+    some heads), the block is full[origin[i] : origin[i] + shape[i]] along each axis."""
 
     name: str
     dtype: str
@@ -52,6 +55,8 @@ class TensorSpec(NamedTuple):
     offset: int
     nbytes: int
     crc32: int
+    origin: tuple[int, ...] | None = None
+    full: tuple[int, ...] | None = None
 
 
 class _Segment(NamedTuple):
@@ -98,9 +103,12 @@ class TraceReader(Trace):
         self.verify = verify
         self.warnings: list[str] = []
         self.tensors_dropped = False
+        self.footer = "missing"  # "ok" (a clean close's index, used), "missing" or "broken"
         self._complete = False
-        self._events: dict[int, list[Event]] = {}
+        self._events: dict[int, StepIndex] = {}
+        self._truncations: dict[int, Truncation] = {}  # from the tables read so far
         self._bad: dict[int, TraceError] = {}
+        self._derived: dict[str, object] = {}  # generated ids, streamed text: computed once
         self._mm = None
         self._view = None
         with open(self.path, "rb") as f:
@@ -125,7 +133,7 @@ class TraceReader(Trace):
             raise TraceError(f"trace format version {version}; this reader reads version {VERSION}")
         if flags:
             raise TraceError(f"unsupported header flags 0x{flags:x} (a newer writer?)")
-        start, n = self._record(HEADER.size, INFO, "info record", check_crc=True)
+        start, n = self._record(HEADER.size, INFO, "info record", check_crc=True, most=MAX_JSON)
         info = self._json(start, n, "info record")
         if not isinstance(info, dict):
             raise TraceError(f"info record holds a JSON {type(info).__name__}, not an object")
@@ -160,9 +168,11 @@ class TraceReader(Trace):
             self._check_index(segments, footer)
         except TraceError as e:
             self.warnings.append(f"{e}; finding the steps one by one instead")
+            self.footer = "broken"
             return None
         self.tensors_dropped = bool(flags & TENSORS_DROPPED)
         self._complete = True
+        self.footer = "ok"
         return segments
 
     def _check_index(self, segments: list[_Segment], end: int) -> None:
@@ -186,6 +196,7 @@ class TraceReader(Trace):
                 break
             if RECORD.unpack_from(self._mm, pos)[0] == FOOTER_KIND:
                 self.warnings.append("footer present but its trailer is unreadable")
+                self.footer = "broken"
                 break
             try:
                 segment = self._segment_at(pos)
@@ -221,8 +232,10 @@ class TraceReader(Trace):
 
     # -- records --------------------------------------------------------------------
 
-    def _record(self, pos: int, kind: int, what: str, size: int | None = None, check_crc: bool = False):
-        """(payload offset, payload length) of the record at `pos`, after checking its frame."""
+    def _record(self, pos: int, kind: int, what: str, size: int | None = None, check_crc: bool = False,
+                most: int | None = None):
+        """(payload offset, payload length) of the record at `pos`, after checking its frame.
+        `most`: refuse a longer payload before reading a byte of it (not even for its crc32)."""
         if pos < 0 or pos + RECORD.size > self._size:
             raise TraceError(f"{what} at offset {pos}: truncated")
         k, crc, n = RECORD.unpack_from(self._mm, pos)
@@ -233,6 +246,8 @@ class TraceReader(Trace):
             raise TraceError(f"{what} at offset {pos}: declares {n} bytes, past the end of the file")
         if size is not None and n != size:
             raise TraceError(f"{what} at offset {pos}: {n} bytes, expected {size}")
+        if most is not None and n > most:
+            raise TraceError(f"{what} at offset {pos}: {n} bytes of JSON, over the {most >> 20} MiB limit")
         if check_crc and zlib.crc32(self._view[start : start + n]) != crc:
             raise TraceError(f"{what} at offset {pos}: crc mismatch")
         return start, n
@@ -257,20 +272,49 @@ class TraceReader(Trace):
 
     def events(self, step: int) -> list[Event]:
         """The step's events in emission order; [] for a step the trace does not hold."""
+        return list(self.index(step).events)
+
+    def index(self, step: int) -> StepIndex:
         cached = self._events.get(step)
         if cached is None:
             if step in self._bad:
                 raise self._bad[step]
             segment = self._segments.get(step)
             if segment is None:
-                return []
+                return StepIndex(())
             try:
-                cached = self._events[step] = self._decode(segment)
+                cached = self._events[step] = StepIndex(self._decode(segment))
             except TraceError as e:
                 self._bad[step] = e
                 self.warnings.append(str(e))
                 raise
-        return list(cached)
+        return cached
+
+    @property
+    def truncated_at(self) -> Truncation | None:
+        """Where the size budget stopped the tensors (None if it never did): the first step whose
+        STEP record says tensors were dropped, and that step's table's `truncated` entry."""
+        if "truncated_at" not in self._derived:
+            found = None
+            if self.tensors_dropped:
+                for step in self._steps:
+                    offset = self._segments[step].offset + RECORD.size
+                    if STEP.unpack_from(self._mm, offset)[3] & TENSORS_DROPPED:
+                        self.index(step)  # its table says which event and why
+                        found = self._truncations.get(step) or Truncation(step, -1, "the trace's size budget")
+                        break
+            self._derived["truncated_at"] = found
+        return self._derived["truncated_at"]
+
+    def generated_ids(self) -> list[int]:
+        if "generated" not in self._derived:  # a file does not grow: walk the steps once
+            self._derived["generated"] = super().generated_ids()
+        return list(self._derived["generated"])
+
+    def streamed_text(self) -> str:
+        if "text" not in self._derived:
+            self._derived["text"] = super().streamed_text()
+        return self._derived["text"]
 
     def _decode(self, segment: _Segment) -> list[Event]:
         self._check_open()
@@ -278,44 +322,51 @@ class TraceReader(Trace):
             raise TraceError(f"step {segment.step}: step record at offset {segment.offset} disagrees with the index")
         commit = segment.next - COMMIT_RECORD
         start, n = self._record(segment.table, TABLE, f"step {segment.step}: table", size=commit - segment.table - RECORD.size,
-                                check_crc=True)
+                                check_crc=True, most=MAX_JSON)
         table = self._json(start, n, f"step {segment.step}: table")
         if not isinstance(table, dict) or table.get("step") != segment.step or not isinstance(table.get("events"), list):
             raise TraceError(f"step {segment.step}: table is not {{'step': {segment.step}, 'events': [...]}}")
         data = (segment.offset + STEP_RECORD, segment.table)
-        return [self._event(segment.step, i, e, data) for i, e in enumerate(table["events"])]
+        events = [self._event(segment.step, i, e, data) for i, e in enumerate(table["events"])]
+        truncated = table.get("truncated")
+        if truncated is not None:
+            where = f"step {segment.step}: truncated"
+            if not isinstance(truncated, dict):
+                raise TraceError(f"{where}: not a JSON object")
+            self._truncations[segment.step] = Truncation(
+                segment.step, _get(truncated, "seq", int, where), _get(truncated, "reason", str, where))
+        return events
 
     def _event(self, step: int, i: int, e, data: tuple[int, int]) -> Event:
-        where = f"step {step}: event {i}"
         if not isinstance(e, dict):
-            raise TraceError(f"{where}: not a JSON object")
-        stop = _get(e, "stop", str, where)
-        if stop not in STOP_BY_NAME:
-            raise TraceError(f"{where}: unknown stop {stop!r}")
-        layer = e.get("layer")
+            raise TraceError(f"step {step}: event {i}: not a JSON object")
+        stop, layer = e.get("stop"), e.get("layer")
+        if type(stop) is not str or stop not in STOP_BY_NAME:
+            _get(e, "stop", str, f"step {step}: event {i}")
+            raise TraceError(f"step {step}: event {i}: unknown stop {stop!r}")
         if layer is not None and type(layer) is not int:
-            raise TraceError(f"{where}: layer must be an integer or null")
-        where = f"step {step} · {stop}" + ("" if layer is None else f" · layer {layer}")
+            raise TraceError(f"step {step}: event {i}: layer must be an integer or null")
+        where = f"step {step} · {stop}" if layer is None else f"step {step} · {stop} · layer {layer}"
+        get = e.get
+        seq, part, scalars, tensors, t_start_ns, dur_ns = (
+            get("seq"), get("part"), get("scalars"), get("tensors"), get("t_start_ns"), get("dur_ns"))
+        # Exact type tests (type(), not isinstance: a JSON true is no count), written out because
+        # a table holds thousands of events; the field-by-field check only to say which one failed.
+        if not (type(seq) is int and type(part) is str and type(scalars) is dict and type(tensors) is list
+                and type(t_start_ns) is int and type(dur_ns) is int):
+            for key, kind in EVENT_FIELDS:
+                _get(e, key, kind, where)
         specs: dict[str, TensorSpec] = {}
-        for t in _get(e, "tensors", list, where):
+        for t in tensors:
             spec = _spec(t, data, where)
             if spec.name in specs:
                 raise TraceError(f"{where}: tensor {spec.name!r} listed twice")
             specs[spec.name] = spec
-        dropped = _get(e, "dropped", list, where, default=[])
-        if not all(isinstance(d, str) for d in dropped):
+        dropped = get("dropped", ())
+        if dropped and not (type(dropped) is list and all(type(d) is str for d in dropped)):
             raise TraceError(f"{where}: 'dropped' must list tensor names")
-        return Event(
-            seq=_get(e, "seq", int, where),
-            stop=stop,
-            step=step,
-            layer=layer,
-            part=_get(e, "part", str, where),
-            tensors=Tensors(self, where, specs, tuple(dropped)),
-            scalars=_get(e, "scalars", dict, where),
-            t_start_ns=_get(e, "t_start_ns", int, where),
-            dur_ns=_get(e, "dur_ns", int, where),
-        )
+        return Event(seq, stop, step, layer, part, Tensors(self, where, specs, tuple(dropped)), scalars,
+                     t_start_ns, dur_ns)
 
     def _tensor(self, spec: TensorSpec, where: str) -> np.ndarray:
         self._check_open()
@@ -382,6 +433,10 @@ def open_trace(path) -> TraceReader:
     return TraceReader(path)
 
 
+# An event's fields in a table, and their JSON types.
+EVENT_FIELDS = (("seq", int), ("part", str), ("scalars", dict), ("tensors", list), ("t_start_ns", int), ("dur_ns", int))
+
+
 def _get(obj: dict, key: str, kind: type, where: str, default=None):
     value = obj.get(key, default)
     # type() not isinstance(): JSON true/false are bools, and a bool is no count or offset.
@@ -415,4 +470,12 @@ def _spec(t, data: tuple[int, int], where: str) -> TensorSpec:
         raise TraceError(f"{where}: shape {shape} of {dtype} is not {nbytes} bytes")
     if nbytes and not (lo <= offset and offset + nbytes <= hi and offset % ALIGN == 0):
         raise TraceError(f"{where}: bytes at offset {offset} lie outside its step's data or are misaligned")
-    return TensorSpec(name, dtype, tuple(shape), offset, nbytes, crc)
+    origin, full = t.get("origin"), t.get("full")
+    if origin is not None or full is not None:
+        # A block of a bigger tensor: each axis's block must lie inside the full extent.
+        if not (isinstance(origin, list) and isinstance(full, list) and len(origin) == len(full) == len(shape)
+                and all(type(o) is int and type(f) is int and 0 <= o and o + d <= f
+                        for o, d, f in zip(origin, shape, full))):
+            raise TraceError(f"{where}: origin {origin!r} and full {full!r} do not frame shape {shape}")
+        origin, full = tuple(origin), tuple(full)
+    return TensorSpec(name, dtype, tuple(shape), offset, nbytes, crc, origin, full)

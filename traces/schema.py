@@ -86,6 +86,12 @@ class Event:
     def key(self) -> tuple[int, str, int | None, str]:
         return (self.step, self.stop, self.layer, self.part)
 
+    def to_torch(self) -> dict:
+        """The tensors as torch tensors, each its own copy (a trace file's arrays are read-only views)."""
+        import torch
+
+        return {name: torch.from_numpy(np.array(value)) for name, value in self.tensors.items()}
+
     def describe(self) -> str:
         where = f"step {self.step} · {self.stop}"
         if self.layer is not None:

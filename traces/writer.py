@@ -31,10 +31,14 @@ import struct
 import zlib
 from json.encoder import encode_basestring_ascii
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from traces.schema import Event, check_stop
+
+if TYPE_CHECKING:
+    from traces.policy import CapturePolicy
 
 MAGIC = b"LLMTRACE"
 VERSION = 1
@@ -123,6 +127,20 @@ def canonical(value, what: str) -> np.ndarray:
     return arr
 
 
+class Truncation(NamedTuple):
+    """Where a trace stopped keeping tensors: the first event that lost one, and why."""
+
+    step: int
+    seq: int
+    reason: str
+
+
+def budget_reason(max_bytes: int) -> str:
+    from traces.policy import format_size
+
+    return f"the trace reached its size budget of {format_size(max_bytes)}"
+
+
 class _Segment:
     """The step being recorded: where its STEP record is, and its events' table entries."""
 
@@ -131,6 +149,7 @@ class _Segment:
         self.offset = offset
         self.entries: list[bytes] = []  # one JSON object per event
         self.flags = 0
+        self.truncated: Truncation | None = None  # set in the step where the budget was reached
 
 
 class TraceWriter:
@@ -141,14 +160,21 @@ class TraceWriter:
     once (memory never holds a whole prefill); a step is readable once committed.
     `max_bytes` bounds the file's tensor data: once the next tensor would take the file
     past it, no more tensors are written (events still are, their tables naming the
-    dropped tensors) and the run goes on.
+    dropped tensors), the step's table says where and why (`truncated`), and the run goes on.
+    `capture` (traces/policy.py) shapes each tensor before it is written -- rows, heads,
+    dtype -- and goes into the info's `capture` section.
     """
 
-    def __init__(self, path, info: dict, fsync: bool = False, max_bytes: int | None = None) -> None:
+    def __init__(self, path, info: dict, fsync: bool = False, max_bytes: int | None = None,
+                 capture: CapturePolicy | None = None) -> None:
         self.path = Path(path)
         self.fsync = fsync
         self.max_bytes = max_bytes
+        self.capture = capture
         self.tensors_dropped = False
+        self.truncated_at: Truncation | None = None
+        if capture is not None:
+            info = {**info, "capture": capture.describe(max_bytes)}
         self._index: list[tuple[int, int, int, int]] = []  # (step, STEP, TABLE, next) per committed step
         self._seg: _Segment | None = None
         self._last_step = -1
@@ -178,7 +204,11 @@ class TraceWriter:
         # Everything that can refuse the event does so before a byte of it is written.
         where = f"step {step} · {event.stop}" + (f" · layer {event.layer}" if event.layer is not None else "")
         check_stop(event.stop)
-        arrays = {str(k): canonical(v, f"{where}: tensor {k!r}") for k, v in event.tensors.items()}
+        tensors, cuts = event.tensors, {}
+        if self.capture is not None:
+            keep = self.capture.keeps_tensors(event.stop, event.layer)
+            tensors, cuts = self.capture.shape(event.stop, tensors) if keep and tensors else ({}, {})
+        arrays = {str(k): canonical(v, f"{where}: tensor {k!r}") for k, v in tensors.items()}
         head = to_json({
             "seq": operator.index(event.seq),
             "stop": event.stop,
@@ -193,16 +223,18 @@ class TraceWriter:
             self._commit()
         if self._seg is None:
             self._begin(step)
-        tensors, dropped = [], []
+        entries, dropped = [], []
         for name, arr in arrays.items():
             if self._over_budget(arr.nbytes):
                 dropped.append(encode_basestring_ascii(name))
             else:
-                tensors.append(self._write_tensor(name, arr))
-        entry = ',"tensors":[%s]' % ",".join(tensors)
+                entries.append(self._write_tensor(name, arr, cuts.get(name)))
+        entry = ',"tensors":[%s]' % ",".join(entries)
         if dropped:
             entry += ',"dropped":[%s]' % ",".join(dropped)
             self._seg.flags |= TENSORS_DROPPED
+            if self.truncated_at is None:
+                self.truncated_at = self._seg.truncated = Truncation(step, event.seq, budget_reason(self.max_bytes))
         self._seg.entries.append(head[:-1] + entry.encode("ascii") + b"}")
 
     def end_step(self, step: int) -> None:
@@ -246,8 +278,9 @@ class TraceWriter:
             self.tensors_dropped = True  # from here on no tensor is written, however small
         return self.tensors_dropped
 
-    def _write_tensor(self, name: str, arr: np.ndarray) -> str:
-        """Write the array's bytes 64-byte aligned; its table entry, as JSON text."""
+    def _write_tensor(self, name: str, arr: np.ndarray, cut: tuple | None = None) -> str:
+        """Write the array's bytes 64-byte aligned; its table entry, as JSON text. `cut`: (origin,
+        full shape) when the capture policy kept a block of a bigger tensor."""
         pad = -self._pos % ALIGN
         if pad:
             self._write(_ZEROS[:pad])
@@ -256,12 +289,16 @@ class TraceWriter:
         crc = zlib.crc32(raw)
         self._write(raw)
         shape = ",".join(map(str, arr.shape))
+        extra = "" if cut is None else ',"origin":[%s],"full":[%s]' % tuple(",".join(map(str, c)) for c in cut)
         return (f'{{"name":{encode_basestring_ascii(name)},"dtype":"{_NAMES[arr.dtype]}","shape":[{shape}],'
-                f'"offset":{offset},"nbytes":{arr.nbytes},"crc32":{crc}}}')
+                f'"offset":{offset},"nbytes":{arr.nbytes},"crc32":{crc}{extra}}}')
 
     def _commit(self) -> None:
         seg, self._seg = self._seg, None
-        table = b'{"step":%d,"events":[' % seg.step + b",".join(seg.entries) + b"]}"
+        table = b'{"step":%d,"events":[' % seg.step + b",".join(seg.entries) + b"]"
+        if seg.truncated is not None:
+            table += b',"truncated":' + to_json({"seq": seg.truncated.seq, "reason": seg.truncated.reason}, "truncated")
+        table += b"}"
         table_offset = self._pos
         self._write(record(TABLE, table))
         self._write(record(COMMIT_KIND, COMMIT.pack(seg.step, seg.offset, table_offset)))

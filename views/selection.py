@@ -18,15 +18,17 @@ VIEW_FOR_STOP: dict[str, str] = {
     "attn": "attention",
     "gqa": "attention",
     "logits": "logits",
-    "sample": "logits",
+    "sample": "sampling",
     "qkv": "qkv",
     "rope": "qkv",
+    "kv_write": "kv",
     "embed": "residual",
     "residual": "residual",
 }
 # The stop a view stands for when it is picked by its key.
-STOP_FOR_VIEW: dict[str, str] = {"tokens": "tokenize", "attention": "attn", "logits": "logits", "residual": "residual", "qkv": "qkv"}
-VIEWS: tuple[str, ...] = ("tokens", "attention", "logits", "qkv", "residual", "event", "timing")
+STOP_FOR_VIEW: dict[str, str] = {"tokens": "tokenize", "attention": "attn", "logits": "logits", "residual": "residual", "qkv": "qkv",
+                                 "sampling": "sample", "kv": "kv_write"}
+VIEWS: tuple[str, ...] = ("tokens", "attention", "logits", "qkv", "residual", "sampling", "kv", "event", "timing")
 
 
 @dataclass(frozen=True)

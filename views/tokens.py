@@ -42,6 +42,21 @@ def prompt_tokens(trace: Trace) -> list[Token]:
     return [Token(i, fmt.show(i, p), fmt.is_special(i), None) for i, p in zip(ids, pieces)]
 
 
+def tokenizer_check_line(trace: Trace) -> Text:
+    """Where the run cross-checked its tokenizer with llama.cpp (--check-tokenizer): say
+    whether they agreed, and when not, that llama.cpp's ids ran and where ours parted."""
+    event = trace.get(0, "tokenize")
+    if event is None or "agrees" not in event.scalars:
+        return Text("")
+    if event.scalars["agrees"]:
+        return assemble((" · ", colors.DIM), ("✓ llama.cpp agrees", colors.CHOSEN))
+    ours, ref = list(event.scalars.get("our_ids", [])), list(event.scalars.get("reference_ids", []))
+    at = next((k for k, (a, b) in enumerate(zip(ours, ref)) if a != b), min(len(ours), len(ref)))
+    return assemble("\n", ("✗ our tokenizer disagrees with llama.cpp", colors.SPECIAL),
+                    (f" from token {at} (ours {ours[at:at + 4]}…, llama.cpp {ref[at:at + 4]}…): running llama.cpp's ids",
+                     colors.DIM))
+
+
 def generated_tokens(trace: Trace) -> list[Token]:
     fmt = piece_format(trace)
     out = []
@@ -152,6 +167,10 @@ class TokensView(VerticalScroll):
         self.query_one("#tokens-title", Static).update(title)
 
         heading = assemble(("prompt", "bold"), (f" · {len(prompt)} tokens · {n_bytes} bytes UTF-8", colors.DIM))
+        if text_event is not None and text_event.scalars.get("chat"):
+            heading.append_text(assemble((" · chat template applied to ", colors.DIM),
+                                         (truncate(str(text_event.scalars.get("prompt", "")), 40), "bold")))
+        heading.append_text(tokenizer_check_line(trace))
         heading.append("\n")
         heading.append_text(safe(prompt_text, keep_newlines=True))
         self.query_one("#tokens-prompt", Static).update(heading)

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from engine.config import UnsupportedModel
+from engine.models.gemma3 import Gemma3
 from engine.models.llama import Llama
 
-# One class per architecture; aliases map GGUF names that share a graph.
+# One class per family; GGUF architecture names that share a graph map to the same class
+# (qwen2 and qwen3 are llama's graph plus what their files carry: biases, QK-norm).
 ARCHITECTURES = {
     "llama": Llama,
+    "qwen2": Llama,
+    "qwen3": Llama,
+    "gemma3": Gemma3,
 }
 
 

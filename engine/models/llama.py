@@ -1,4 +1,8 @@
-"""The llama architecture (SmolLM2, Llama 2/3, Mistral without sliding window), from GGUF weights.
+"""The llama family, from GGUF weights: llama (SmolLM2, Llama 2/3, Mistral without sliding
+window), qwen2 (llama + q/k/v biases, NeoX RoPE) and qwen3 (llama + a per-head RMSNorm of q
+and k before RoPE, NeoX RoPE). What tells them apart is in the file: a bias or a QK-norm
+weight is used when the GGUF has it (llama.cpp's graphs add `bq`, `attn_q_norm`, ... the same
+way), and the RoPE layout comes with the architecture (ModelArgs.rope_neox).
 
 One forward pass over the layer stack, read top to bottom like llama2.c's `transformer()`;
 every intermediate that has a stop is handed to the hook bus, but only when somebody
@@ -14,13 +18,12 @@ SwiGLU are `self.num` methods (engine/numerics.py).
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from engine.config import ModelArgs
 from engine.hooks import HookBus
 from engine.kv_cache import KVCache
+from engine.models.layers import attention_mask, rope
 from engine.numerics import Numerics
 
 
@@ -31,10 +34,18 @@ class Llama:
         self.num = numerics
         self.bus = bus or HookBus()
         # Tied embeddings: llama.cpp uses token_embd as the output matrix when output.weight is absent.
-        self.output_name = "output.weight" if "output.weight" in weights else "token_embd.weight"
+        self.output_name = "output" if "output.weight" in weights else "token_embd"
 
     def linear(self, x: torch.Tensor, name: str) -> torch.Tensor:
-        return self.num.linear(x, self.w[name], name)
+        """x @ <name>.weight.T, plus <name>.bias where the file has one (qwen2's q, k, v)."""
+        y = self.num.linear(x, self.w[name + ".weight"], name + ".weight")
+        bias = self.w.get(name + ".bias")
+        return y if bias is None else y + bias
+
+    def qk_norm(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        """qwen3: RMSNorm over each head's head_dim values, where the file has the weight."""
+        weight = self.w.get(name + ".weight")
+        return x if weight is None else self.num.rms_norm(x, weight, self.args.rms_eps)
 
     def forward(self, tokens: torch.Tensor, pos: int, cache: KVCache, step: int) -> torch.Tensor:
         """Run `tokens` [T] at positions pos..pos+T; return the logits of the last one [n_vocab]."""
@@ -42,10 +53,8 @@ class Llama:
         T = tokens.shape[0]
         positions = torch.arange(pos, pos + T, device=tokens.device)
         cos, sin = num.rope_cos_sin(positions, a.rope_dim, a.rope_theta)
-        scale = 1.0 / math.sqrt(a.head_dim)
         # Causal mask over the cells this step can see: query i (at pos+i) sees keys 0..pos+i.
-        n_keys = pos + T
-        mask = torch.full((T, n_keys), float("-inf"), device=tokens.device).triu(pos + 1)
+        mask = attention_mask(pos, T, device=tokens.device)  # (T, pos + T)
 
         x = w["token_embd.weight"][tokens]  # (T, d)
         if bus.wants("embed"):
@@ -57,14 +66,14 @@ class Llama:
             if bus.wants("attn_norm", il):
                 bus.emit("attn_norm", step, il, tensors={"out": h})
 
-            q = self.linear(h, p + "attn_q.weight").view(T, a.n_head, a.head_dim)  # (T, nh, hd)
-            k = self.linear(h, p + "attn_k.weight").view(T, a.n_head_kv, a.head_dim)  # (T, nkv, hd)
-            v = self.linear(h, p + "attn_v.weight").view(T, a.n_head_kv, a.head_dim)
+            q = self.linear(h, p + "attn_q").view(T, a.n_head, a.head_dim)  # (T, nh, hd)
+            k = self.linear(h, p + "attn_k").view(T, a.n_head_kv, a.head_dim)  # (T, nkv, hd)
+            v = self.linear(h, p + "attn_v").view(T, a.n_head_kv, a.head_dim)
             if bus.wants("qkv", il):
                 bus.emit("qkv", step, il, tensors={"q": q, "k": k, "v": v})
 
-            q = num.rope(q, cos, sin)
-            k = num.rope(k, cos, sin)
+            q = rope(num, self.qk_norm(q, p + "attn_q_norm"), cos, sin, a.rope_neox)
+            k = rope(num, self.qk_norm(k, p + "attn_k_norm"), cos, sin, a.rope_neox)
             if bus.wants("rope", il):
                 bus.emit("rope", step, il, tensors={"q": q, "k": k}, positions=positions.tolist())
 
@@ -75,7 +84,7 @@ class Llama:
             # GQA: each KV head serves n_group consecutive query heads.
             keys = keys.repeat_interleave(a.n_group, dim=1)  # (n_keys, nh, hd)
             values = values.repeat_interleave(a.n_group, dim=1)
-            kq = num.attn_scores(q, keys) * scale + mask  # (nh, T, n_keys)
+            kq = num.attn_scores(q, keys) * a.attn_scale + mask  # (nh, T, n_keys)
             weights = num.softmax(kq)
             if bus.wants("attn", il):
                 bus.emit(
@@ -83,7 +92,7 @@ class Llama:
                     sink_mass=weights[:, :, 0].mean().item(),
                 )
             kqv = num.attn_values(weights, values).reshape(T, a.n_head * a.head_dim)
-            attn_out = self.linear(kqv, p + "attn_output.weight")  # (T, d)
+            attn_out = self.linear(kqv, p + "attn_output")  # (T, d)
             if bus.wants("attn_out", il):
                 bus.emit("attn_out", step, il, tensors={"out": attn_out})
             x = x + attn_out
@@ -92,8 +101,8 @@ class Llama:
             if bus.wants("ffn_norm", il):
                 bus.emit("ffn_norm", step, il, tensors={"out": h})
             # SwiGLU: silu(gate) * up, then down.
-            gate = self.linear(h, p + "ffn_gate.weight")
-            ffn_out = self.linear(num.swiglu(gate, self.linear(h, p + "ffn_up.weight")), p + "ffn_down.weight")
+            gate = self.linear(h, p + "ffn_gate")
+            ffn_out = self.linear(num.swiglu(gate, self.linear(h, p + "ffn_up")), p + "ffn_down")
             if bus.wants("ffn_out", il):
                 bus.emit("ffn_out", step, il, tensors={"out": ffn_out})
             x = x + ffn_out

@@ -9,4 +9,6 @@ COMMANDS = {
     "diff": "inspector.commands.diff",
     "export": "inspector.commands.export",
     "profile": "inspector.commands.profile",
+    "info": "inspector.commands.info",
+    "tokenize": "inspector.commands.tokenize",
 }

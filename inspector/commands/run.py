@@ -6,8 +6,10 @@ the recorder (--record) and the run controller that pauses at breakpoints.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
+import threading
 
 from inspector.common import DEFAULT_PROMPT, CliError, Parser, demo_model, terminal_safe
 
@@ -33,29 +35,108 @@ def parser() -> Parser:
                         "llamacpp-fast: its roundings only (faster); exact: plain float math "
                         "on the dequantized weights (default llamacpp)")
     p.add_argument("-c", "--ctx-size", type=int, default=0, help="context size (default: the model's, at most 4096)")
+    p.add_argument("--chat", action="store_true", help="send the prompt as a user turn through the model's chat template")
+    p.add_argument("--chat-template", metavar="NAME|FILE", help="with --chat: a built-in template (chatml, gemma) or a "
+                   ".jinja file instead of the model's own (implies --chat)")
+    p.add_argument("--check-tokenizer", action="store_true", help="also tokenize the prompt with llama.cpp "
+                   "(≈1 s to load its vocabulary); if the two disagree, run llama.cpp's ids and show where")
+    add_sampling_flags(p)
+    add_capture_flags(p)
     return p
 
 
-def open_engine(args, bus):
-    from engine.config import UnsupportedModel
-    from engine.gguf_file import GGUFError
-    from engine.quants import UnsupportedQuant
-    from engine.torch_engine import TorchEngine
+def add_capture_flags(p: Parser) -> None:
+    group = p.add_argument_group(
+        "capture", "What a run records (traces/policy.py; docs/TRACE_FORMAT.md has the grammar and the sizes). "
+                   "Spine stops (text, tokens, sampling, stream) are always recorded.")
+    group.add_argument("--capture", default="default", metavar="SPEC",
+                       help="minimal (logits, tokens, timings), default (every stop; at prefill the last rows that "
+                            "fit a quarter of the budget), full, or terms joined by ';' such as "
+                            "'attn,logits@0-3;heads=0-1;dtype=f16' (default: default)")
+    group.add_argument("--max-trace-size", default="1G", metavar="SIZE",
+                       help="stop recording tensors (never the run, tokens or scalars) once the trace reaches SIZE: "
+                            "2G, 500M, or none (default 1G)")
 
+
+def capture_policy(args):
+    """The --capture policy and the --max-trace-size budget in bytes (None: no budget)."""
+    from traces.policy import CaptureError, parse, parse_size
+
+    try:
+        return parse(args.capture), parse_size(args.max_trace_size)
+    except CaptureError as e:
+        raise CliError(str(e)) from None
+
+
+# Sampling: llama.cpp's flag names. With none of them the run is greedy; with any of them the
+# rest take llama.cpp's defaults (temp 0.8, top-k 40, top-p 0.95, min-p 0.05), as llama-cli would.
+SAMPLING_FLAGS = {  # flag: (SamplerParams field, type, help)
+    "--temp": ("temp", float, "temperature; 0 = greedy (default 0.8 once sampling)"),
+    "--top-k": ("top_k", int, "keep the N most likely tokens; 0 = all (default 40)"),
+    "--top-p": ("top_p", float, "keep the fewest most likely tokens whose probability reaches X; 1 = off "
+                                "(default 0.95)"),
+    "--min-p": ("min_p", float, "drop tokens less than X times as likely as the top one; 0 = off (default 0.05)"),
+    "--typical": ("typical_p", float, "locally typical sampling with mass X; 1 = off (default 1)"),
+    "--repeat-penalty": ("repeat_penalty", float, "divide a repeated token's logit by X (multiply, if negative); "
+                                                  "1 = off (default 1)"),
+    "--repeat-last-n": ("repeat_last_n", int, "how far back the penalties look; 0 = off, -1 = all (default 64)"),
+    "--presence-penalty": ("presence_penalty", float, "subtract this from a repeated token's logit (default 0)"),
+    "--frequency-penalty": ("frequency_penalty", float, "subtract this times the repeat count (default 0)"),
+    "--seed": ("seed", int, "random seed; -1 = pick one and record it in the trace (default -1)"),
+}
+
+
+def add_sampling_flags(p: Parser) -> None:
+    group = p.add_argument_group(
+        "sampling", "llama.cpp's sampler chain and names. Without these flags the run is greedy (the argmax, "
+                    "what parity with llama.cpp is measured on); any of them turns sampling on, the others at "
+                    "llama.cpp's defaults. A seed reproduces the draws, and llama.cpp draws the same tokens from "
+                    "the same logits and seed.")
+    for flag, (field, kind, text) in SAMPLING_FLAGS.items():
+        group.add_argument(flag, dest=field, type=kind, default=None, metavar="N" if kind is int else "X", help=text)
+    group.add_argument("--stop", action="append", default=[], metavar="STR",
+                       help="end the generation where the text contains STR, which is not shown (repeatable)")
+
+
+def sampling(args):
+    """The run's sampler settings (with a concrete seed, so the trace records it) and stop strings."""
+    from engine.sampler import SamplerParams
+    from engine.stop import StopMatcher
+
+    given = {field: getattr(args, field) for field, _, _ in SAMPLING_FLAGS.values() if getattr(args, field) is not None}
+    try:
+        params = SamplerParams(**given) if given else SamplerParams.greedy()
+        StopMatcher(args.stop)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    return params.with_seed(), list(args.stop)
+
+
+def open_engine(args, bus):
+    """The torch engine for args.model. Its weights dequantize in the background (engine/weights.py),
+    so this returns in a fraction of a second once torch is imported."""
     path = args.model or demo_model()
-    if not os.path.exists(path):
+    if not os.path.exists(path):  # checked before torch is imported: a typo fails at once
         raise CliError(f"no such model file: {path}")
     if not os.path.isfile(path):
         raise CliError(f"not a file: {path}")
     if args.n_predict < 1:
         raise CliError("-n must be at least 1")
-    if args.device.startswith("cuda"):
-        import torch
+    if not getattr(args, "headless", False):
+        # The app's imports (Textual, ~0.4 s) go on in a thread while torch's (~1.3 s) and the
+        # model's opening take this one: the app shows sooner (bench/startup.py).
+        threading.Thread(target=importlib.import_module, args=("inspector.app",), daemon=True).start()
 
-        if not torch.cuda.is_available():
-            raise CliError("--device cuda asked for, but torch sees no CUDA device")
-    elif args.device != "cpu":
-        raise CliError(f"unknown device {args.device!r} (cpu or cuda)")
+    from engine.config import UnsupportedModel
+    from engine.gguf_file import GGUFError
+    from engine.quants import UnsupportedQuant
+    from engine.torch_engine import TorchEngine
+    from engine.weights import DeviceError, device_and_dtype
+
+    try:
+        device_and_dtype(args.device, args.dtype)
+    except DeviceError as e:
+        raise CliError(str(e)) from None
     try:
         return TorchEngine(path, device=args.device, dtype=args.dtype, n_ctx=args.ctx_size, numerics=args.numerics, bus=bus)
     except (GGUFError, UnsupportedModel, UnsupportedQuant) as e:
@@ -73,19 +154,32 @@ def main(args) -> int:
             breakpoints.append(Breakpoint.parse(f"slow>{factor}x"))
     except ValueError as e:
         raise CliError(str(e)) from None
+    params, stops = sampling(args)  # a bad flag fails here, before the model loads
+    policy, max_bytes = capture_policy(args)
     bus = HookBus()
     engine = open_engine(args, bus)
-    n_tokens = len(engine.tokenizer.encode(args.prompt).ids)
+    if args.chat or args.chat_template:
+        engine.chat = args.chat_template or ""
+    engine.check_tokenizer = args.check_tokenizer
+    try:
+        n_tokens = len(engine.encode(args.prompt))  # renders the chat template: a broken one fails here
+    except ValueError as e:
+        raise CliError(str(e)) from None
     if n_tokens + args.n_predict > engine.n_ctx:
         raise CliError(f"the prompt ({n_tokens} tokens) plus -n {args.n_predict} do not fit the context of {engine.n_ctx}")
-    info = engine.info(args.prompt, args.n_predict)
+    info = engine.info(args.prompt, args.n_predict, sampler=params, stop=stops)
+    try:
+        policy = policy.bind(info["model"], n_tokens, max_bytes, itemsize=2 if args.dtype == "float16" else 4)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    bus.set_filter(policy.wants)
 
     writer = None
     if args.record:
         from traces.writer import TraceWriter
 
         try:
-            writer = TraceWriter(args.record, info)
+            writer = TraceWriter(args.record, info, max_bytes=max_bytes, capture=policy)
         except OSError as e:
             raise CliError(f"cannot write {args.record}: {e.strerror or e}") from None
         bus.add(writer)
@@ -94,7 +188,7 @@ def main(args) -> int:
         done = False
         show = terminal_safe if sys.stdout.isatty() else str
         try:
-            for result in engine.generate(args.prompt, args.n_predict):
+            for result in engine.generate(args.prompt, args.n_predict, sampler=params, stop=stops):
                 sys.stdout.write(show(result.text))
                 sys.stdout.flush()
             sys.stdout.write("\n")
@@ -107,15 +201,19 @@ def main(args) -> int:
     from inspector.app import make_app
     from traces.live import MemoryTrace
 
-    trace = MemoryTrace(info)
+    trace = MemoryTrace(info, capture=policy, max_bytes=max_bytes)
     controller = RunController(breakpoints, start_paused=args.paused)
+    # A breakpoint (set now or later, in the editor) needs its stop emitted even where the
+    # capture policy records nothing of it; one with no stop (entropy>4, slow>2ms) needs them all.
+    bus.set_filter(lambda stop, layer: policy.wants(stop, layer)
+                   or any(b.stop is None or b.stop == stop for b in controller.breakpoints))
     bus.add(trace)
     bus.add(controller)
 
     def run_engine() -> None:
         done = False
         try:
-            for _ in engine.generate(args.prompt, args.n_predict):
+            for _ in engine.generate(args.prompt, args.n_predict, sampler=params, stop=stops):
                 pass
             done = True
         finally:
