@@ -101,6 +101,8 @@ class InspectorApp(App[None]):
         Binding("g", "view('logits')", "logits view", id="view.logits", group=VIEW),
         Binding("r", "view('residual')", "residual view", id="view.residual", group=VIEW, show=False),
         Binding("v", "view('qkv')", "q·k·v, rope view", id="view.qkv", group=VIEW, show=False),
+        Binding("k", "view('kv')", "kv cache view", id="view.kv", group=VIEW, show=False),
+        Binding("s", "view('sampling')", "sampling view", id="view.sampling", group=VIEW, show=False),
         Binding("e", "view('event')", "event (raw numbers)", id="view.event", group=VIEW, show=False),
         Binding("p", "view('timing')", "timing view", id="view.timing", group=VIEW,
                 show=False),

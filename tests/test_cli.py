@@ -110,3 +110,11 @@ def test_headless_output_to_a_terminal_cannot_carry_escape_sequences():
     from inspector.common import terminal_safe
 
     assert terminal_safe("ok\x1b]0;pwned\x07\n\tnext") == "ok␛]0;pwned␇\n\tnext"
+
+
+def test_a_lone_prompt_runs_the_demo_model(capsys):
+    """`llm-inspect "a question"`: no .gguf and no such file, so it is the prompt, not a model path."""
+    assert main(["The capital of France is", "--headless", "-n", "2", "--numerics", "exact"]) == 0
+    out = capsys.readouterr().out
+    assert out.strip()
+    assert main(["nosuchmodel.gguf", "--headless"]) == 2

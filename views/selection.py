@@ -26,8 +26,10 @@ VIEW_FOR_STOP: dict[str, str] = {
     "residual": "residual",
 }
 # The stop a view stands for when it is picked by its key.
-STOP_FOR_VIEW: dict[str, str] = {"tokens": "tokenize", "attention": "attn", "logits": "logits", "residual": "residual", "qkv": "qkv",
-                                 "sampling": "sample", "kv": "kv_write"}
+STOP_FOR_VIEW: dict[str, str] = {
+    "tokens": "tokenize", "attention": "attn", "logits": "logits", "residual": "residual", "qkv": "qkv",
+    "sampling": "sample", "kv": "kv_write",
+}
 VIEWS: tuple[str, ...] = ("tokens", "attention", "logits", "qkv", "residual", "sampling", "kv", "event", "timing")
 
 

@@ -112,9 +112,18 @@ def sampling(args):
     return params.with_seed(), list(args.stop)
 
 
+def prompt_only(args) -> None:
+    """`llm-inspect "some question"`: one positional that is no file and no .gguf is the prompt
+    for the demo model, not a model path with a typo."""
+    model = args.model
+    if model and args.prompt == DEFAULT_PROMPT and not os.path.exists(model) and not model.lower().endswith(".gguf"):
+        args.model, args.prompt = None, model
+
+
 def open_engine(args, bus):
     """The torch engine for args.model. Its weights dequantize in the background (engine/weights.py),
     so this returns in a fraction of a second once torch is imported."""
+    prompt_only(args)
     path = args.model or demo_model()
     if not os.path.exists(path):  # checked before torch is imported: a typo fails at once
         raise CliError(f"no such model file: {path}")
