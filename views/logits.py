@@ -70,6 +70,7 @@ class LogitsView(Widget):
         self._trace: Trace | None = None
         self._top: TopK | None = None
         self._shown: tuple | None = None
+        self._lens: list[tuple[int, int, float]] = []
 
     def show(self, trace: Trace, selection: Selection) -> None:
         logits = trace.get(selection.step, "logits")
@@ -79,6 +80,7 @@ class LogitsView(Widget):
             return
         self._shown = key
         self._trace, self._top = trace, top_k(trace, selection.step)
+        self._lens = lens(trace, selection.step)
         self.refresh()
 
     def render(self) -> Text:
@@ -129,7 +131,33 @@ class LogitsView(Widget):
             lines.append(line)
         if not rows:
             lines.append(assemble(("this logits event carries no top-k and no logits tensor", colors.WARN)))
+        if self._lens:
+            lines += self._lens_lines(fmt, width, max(3, self.size.height - len(lines) - 2))
         return Text("\n", end="").join(lines)
+
+    def _lens_lines(self, fmt, width: int, room: int) -> list[Text]:
+        """One row per layer (evenly thinned to fit, the last always kept): its top-1 and p."""
+        layers = self._lens
+        if len(layers) > room:
+            keep = {round(i * (len(layers) - 1) / (room - 1)) for i in range(room)}
+            layers = [row for i, row in enumerate(layers) if i in keep]
+        out = [Text(""), assemble(("logit lens", "bold"), ("  layer → final norm → LM head",
+                                                              colors.DIM))]
+        bar_width = max(4, width - 6 - PIECE_WIDTH - 9)
+        for layer, tid, p in layers:
+            chosen = self._top is not None and tid == self._top.chosen
+            out.append(assemble((f"L{layer:<3} ", colors.DIM), (fit(fmt.show(tid), PIECE_WIDTH), "bold" if chosen else ""),
+                                (f" {p:6.1%}  ", colors.DIM), (bar(p, bar_width), colors.CHOSEN if chosen else colors.ACCENT)))
+        return out
+
+
+def lens(trace: Trace, step: int) -> list[tuple[int, int, float]]:
+    """(layer, top-1 id, its p) for every layer the logit lens was captured at this step."""
+    out = []
+    for event in trace.find(step, "logits"):
+        if event.part == "lens" and event.layer is not None and event.scalars.get("top_ids"):
+            out.append((event.layer, int(event.scalars["top_ids"][0]), float(event.scalars["top_probs"][0])))
+    return sorted(out)
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

@@ -35,6 +35,9 @@ from engine.hooks import HookBus
 from engine.kv_cache import KVCache
 from engine.models.layers import attention_mask, rope
 from engine.numerics import Numerics
+from engine.sampler import logits_summary
+
+LENS_TOP = 5
 
 
 class Gemma3:
@@ -43,6 +46,7 @@ class Gemma3:
         self.w = weights
         self.num = numerics
         self.bus = bus or HookBus()
+        self.lens = False  # emit the logit lens at every layer (TorchEngine(lens=True), --lens)
         self.output_name = "output.weight" if "output.weight" in weights else "token_embd.weight"
         # ggml_scale(inpL, sqrtf(n_embd)) and ggml_scale(Qcur, f_attention_scale): float32 factors.
         self.embd_scale = torch.tensor(math.sqrt(args.n_embd), dtype=torch.float32)
@@ -123,10 +127,18 @@ class Gemma3:
             x = x + ffn_post
             if bus.wants("residual", il):
                 bus.emit("residual", step, il, tensors={"out": x}, norm=x[-1].norm().item())
+            if self.lens and bus.wants("logits", il):
+                # The logit lens: this layer's residual through the final norm and the LM head,
+                # what the model "would say" at this depth. One vocab-sized matmul per layer: opt-in.
+                bus.emit("logits", step, il, part="lens", **logits_summary(self.head(x[-1]).float(), k=LENS_TOP))
 
-        h = self.norm(x[-1], "output_norm.weight")  # only the last token is sampled
+        return self.head(x[-1])  # only the last token is sampled
+
+    def head(self, x_last: torch.Tensor) -> torch.Tensor:
+        """The final norm, the LM head and the soft-cap: logits [n_vocab] for one hidden state (also the lens)."""
+        h = self.norm(x_last, "output_norm.weight")
         logits = self.linear(h, self.output_name)  # (n_vocab,)
-        if a.final_softcap:
-            c = torch.tensor(a.final_softcap, dtype=torch.float32, device=dev)
+        if self.args.final_softcap:
+            c = torch.tensor(self.args.final_softcap, dtype=torch.float32, device=x_last.device)
             logits = torch.tanh(logits * (1 / c)) * c
         return logits

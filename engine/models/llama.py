@@ -25,6 +25,9 @@ from engine.hooks import HookBus
 from engine.kv_cache import KVCache
 from engine.models.layers import attention_mask, rope
 from engine.numerics import Numerics
+from engine.sampler import logits_summary
+
+LENS_TOP = 5
 
 
 class Llama:
@@ -33,6 +36,7 @@ class Llama:
         self.w = weights
         self.num = numerics
         self.bus = bus or HookBus()
+        self.lens = False  # emit the logit lens at every layer (TorchEngine(lens=True), --lens)
         # Tied embeddings: llama.cpp uses token_embd as the output matrix when output.weight is absent.
         self.output_name = "output" if "output.weight" in weights else "token_embd"
 
@@ -108,6 +112,14 @@ class Llama:
             x = x + ffn_out
             if bus.wants("residual", il):
                 bus.emit("residual", step, il, tensors={"out": x}, norm=x[-1].norm().item())
+            if self.lens and bus.wants("logits", il):
+                # The logit lens: this layer's residual through the final norm and the LM head,
+                # what the model "would say" at this depth. One vocab-sized matmul per layer: opt-in.
+                bus.emit("logits", step, il, part="lens", **logits_summary(self.head(x[-1]).float(), k=LENS_TOP))
 
-        h = num.rms_norm(x[-1], w["output_norm.weight"], a.rms_eps)  # only the last token is sampled
-        return self.linear(h, self.output_name)  # (n_vocab,)
+        return self.head(x[-1])  # only the last token is sampled
+
+    def head(self, x_last: torch.Tensor) -> torch.Tensor:
+        """The final norm and the LM head: logits [n_vocab] for one hidden state (also the logit lens)."""
+        h = self.num.rms_norm(x_last, self.w["output_norm.weight"], self.args.rms_eps)
+        return self.linear(h, self.output_name)

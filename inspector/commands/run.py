@@ -28,6 +28,8 @@ def parser() -> Parser:
     p.add_argument("--break-slow", metavar="FACTOR", help="pause at the first layer's stop FACTOR times slower "
                    "than the same stop in the other layers, e.g. 3x (same as --break 'slow>3x')")
     p.add_argument("--paused", action="store_true", help="start paused at the first stop")
+    p.add_argument("--lens", action="store_true", help="the logit lens: every layer's residual through the final "
+                   "norm and LM head, shown in the logits view (one vocabulary-sized matmul per layer)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--numerics", default="llamacpp", choices=["llamacpp", "llamacpp-fast", "exact"],
@@ -170,6 +172,7 @@ def main(args) -> int:
     if args.chat or args.chat_template:
         engine.chat = args.chat_template or ""
     engine.check_tokenizer = args.check_tokenizer
+    engine.model.lens = args.lens
     try:
         n_tokens = len(engine.encode(args.prompt))  # renders the chat template: a broken one fails here
     except ValueError as e:
