@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from engine.numerics import Numerics
+from engine.sampler import logits_summary
 
 
 def rope(num: Numerics, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, neox: bool) -> torch.Tensor:
@@ -37,3 +38,13 @@ def attention_mask(pos: int, n_tokens: int, window: int = 0, device=None) -> tor
         visible &= q - k < window
     mask = torch.zeros(visible.shape, device=device)
     return mask.masked_fill_(~visible, float("-inf"))
+
+
+LENS_TOP = 5
+
+
+def logit_lens(bus, step: int, layer: int, logits: torch.Tensor) -> None:
+    """The logit lens: a layer's residual through the final norm and the LM head (`logits`), what
+    the model "would say" at this depth. One vocabulary-sized matmul per layer, so it is opt-in
+    (`model.lens`); the event carries the top few and the entropy, not the whole vocabulary."""
+    bus.emit("logits", step, layer, part="lens", **logits_summary(logits.float(), k=LENS_TOP))

@@ -23,11 +23,8 @@ import torch
 from engine.config import ModelArgs
 from engine.hooks import HookBus
 from engine.kv_cache import KVCache
-from engine.models.layers import attention_mask, rope
+from engine.models.layers import attention_mask, logit_lens, rope
 from engine.numerics import Numerics
-from engine.sampler import logits_summary
-
-LENS_TOP = 5
 
 
 class Llama:
@@ -113,9 +110,7 @@ class Llama:
             if bus.wants("residual", il):
                 bus.emit("residual", step, il, tensors={"out": x}, norm=x[-1].norm().item())
             if self.lens and bus.wants("logits", il):
-                # The logit lens: this layer's residual through the final norm and the LM head,
-                # what the model "would say" at this depth. One vocab-sized matmul per layer: opt-in.
-                bus.emit("logits", step, il, part="lens", **logits_summary(self.head(x[-1]).float(), k=LENS_TOP))
+                logit_lens(bus, step, il, self.head(x[-1]))
 
         return self.head(x[-1])  # only the last token is sampled
 
