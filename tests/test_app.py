@@ -86,6 +86,25 @@ async def test_navigator_picks_a_stop_and_its_view(synthetic_trace):
         assert "attn norm · step 0 (prefill) · layer 0/3" in screen_text(app)
 
 
+async def test_navigator_layer_times_follow_the_step_into_a_collapsed_stop():
+    # The navigator relabels a collapsed stop's layers only when it is expanded: they must still
+    # show the selected step's times, and flag that step's slowest layer.
+    from traces.schema import Event
+
+    trace = MemoryTrace(synthetic.info(synthetic.PIECES))
+    trace.append(Event(0, "tokenize", 0, scalars={"ids": [3, 4]}, dur_ns=1_000))
+    for step, slow in ((0, 2), (1, 0)):
+        for layer in range(synthetic.N_LAYER):
+            trace.append(Event(10 * step + 1 + layer, "attn", step, layer, dur_ns=7_000 if layer == slow else 1_000))
+    trace.finish()
+    app = make_app(trace)
+    async with app.run_test(size=LARGE) as pilot:
+        await pilot.press("right_square_bracket", "a")  # step 1, then the attention view expands attn
+        await pilot.pause()
+        lines = {line.split("layer ")[1][:1]: line for line in screen_lines(app) if "layer " in line and "µs" in line}
+        assert "7.0µs" in lines["0"] and "1.0µs" in lines["2"], lines
+
+
 async def test_logits_mark_the_drawn_token(synthetic_trace):
     app = make_app(synthetic_trace)
     async with app.run_test(size=LARGE) as pilot:

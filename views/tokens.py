@@ -112,16 +112,25 @@ class TokenChips(Widget):
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self._chips: list[Text] = []
+        self._wrapped: tuple[int, list[Text]] | None = None  # (width, lines) of the chips set last
 
     def set_chips(self, chips: list[Text]) -> None:
         self._chips = chips
+        self._wrapped = None
         self.refresh(layout=True)
 
+    def _lines(self, width: int) -> list[Text]:
+        # Layout asks for the height and then renders at the same width: wrap once, not per call.
+        width = max(1, width)
+        if self._wrapped is None or self._wrapped[0] != width:
+            self._wrapped = (width, wrap_chips(self._chips, width))
+        return self._wrapped[1]
+
     def get_content_height(self, container, viewport, width: int) -> int:
-        return len(wrap_chips(self._chips, max(1, width)))
+        return len(self._lines(width))
 
     def render(self) -> Text:
-        return Text("\n", end="").join(wrap_chips(self._chips, max(1, self.size.width)))
+        return Text("\n", end="").join(self._lines(self.size.width))
 
 
 class TokensView(VerticalScroll):
@@ -130,6 +139,9 @@ class TokensView(VerticalScroll):
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self._shown: tuple | None = None
+        self._prompt_for: tuple | None = None  # (trace, tokenize event) the prompt chips were built from
+        self._prompt: list[Token] = []
+        self._prompt_chips: list[Text] = []
 
     def compose(self) -> ComposeResult:
         yield Static(id="tokens-title", classes="view-title")
@@ -145,7 +157,14 @@ class TokensView(VerticalScroll):
             return
         self._shown = key
         step = selection.step
-        prompt = prompt_tokens(trace)
+        # The prompt's chips do not depend on the step: build them once per tokenize event, not per
+        # keypress (a 300-token prompt's chips were half of this method's time, bench/ui.py).
+        tokenize = trace.get(0, "tokenize")
+        if self._prompt_for != (id(trace), id(tokenize)):
+            self._prompt_for = (id(trace), id(tokenize))
+            self._prompt = prompt_tokens(trace)
+            self._prompt_chips = [chip(t, step) for t in self._prompt]
+        prompt = self._prompt
         generated = generated_tokens(trace)
         text_event = trace.get(0, "text")
         prompt_text = text_event.scalars.get("text") if text_event else None
@@ -175,7 +194,7 @@ class TokensView(VerticalScroll):
         heading.append_text(safe(prompt_text, keep_newlines=True))
         self.query_one("#tokens-prompt", Static).update(heading)
 
-        chips = [chip(t, step) for t in prompt]
+        chips = list(self._prompt_chips)
         if generated:
             chips.append(Text("→", style=colors.DIM))
             chips.extend(chip(t, step) for t in generated)
