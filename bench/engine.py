@@ -136,10 +136,14 @@ def recording(engine: TorchEngine, n: int):
 class _CutHooks(ast.NodeTransformer):
     """Drop every `if <...>.wants(...):` statement that has no else branch."""
 
+    def __init__(self):
+        self.cut = 0
+
     def visit_If(self, node: ast.If):
         test = node.test
         if (isinstance(test, ast.Call) and isinstance(test.func, ast.Attribute) and test.func.attr == "wants"
                 and not node.orelse):
+            self.cut += 1
             return None
         return self.generic_visit(node)
 
@@ -150,15 +154,16 @@ class _CutHooks(ast.NodeTransformer):
         return node
 
 
-def without_hooks(module: types.ModuleType) -> types.ModuleType:
-    """`module` compiled again from its source with the hook points cut out."""
-    tree = _CutHooks().visit(ast.parse(inspect.getsource(module)))
+def without_hooks(module: types.ModuleType) -> tuple[types.ModuleType, int]:
+    """`module` compiled again from its source with the hook points cut out, and how many were."""
+    cutter = _CutHooks()
+    tree = cutter.visit(ast.parse(inspect.getsource(module)))
     ast.fix_missing_locations(tree)
     copy = types.ModuleType(module.__name__ + "_without_hooks")
     copy.__file__ = module.__file__
     sys.modules[copy.__name__] = copy  # dataclasses look their module up there
     exec(compile(tree, module.__file__, "exec"), copy.__dict__)
-    return copy
+    return copy, cutter.cut
 
 
 def count_wants(engine: TorchEngine) -> int:
@@ -237,8 +242,10 @@ def hook_cost(engine: TorchEngine, cls, a) -> None:
     """Tracing off against the same engine with its hook points cut out, alternating."""
     import engine.torch_engine as torch_engine_module
 
-    stripped_cls = getattr(without_hooks(sys.modules[cls.__module__]), cls.__name__)
-    stripped_generate = without_hooks(torch_engine_module).TorchEngine.generate
+    model_copy, cut_model = without_hooks(sys.modules[cls.__module__])
+    engine_copy, cut_engine = without_hooks(torch_engine_module)
+    stripped_cls = getattr(model_copy, cls.__name__)
+    stripped_generate = engine_copy.TorchEngine.generate
     hooked_model = engine.model
     bare_model = stripped_cls(engine.args, engine.weights, engine.numerics, engine.bus)
     ratios = []
@@ -255,6 +262,7 @@ def hook_cost(engine: TorchEngine, cls, a) -> None:
     ns = min(timeit.repeat(lambda: bus.wants("attn", 3), number=100_000, repeat=5)) / 100_000 * 1e9
     step_s = 1 / torch_decode(engine, 8)
     print(f"  hook points, tracing off ({engine.numerics.mode}): {median(ratios):.3f}x the speed without them "
+          f"({cut_model} `if bus.wants` blocks cut from {cls.__name__}, {cut_engine} from the engine) "
           f"(median of {a.hooks_rounds} alternating pairs; spread {min(ratios):.3f}-{max(ratios):.3f}); "
           f"{per_token} wants() calls a token x {ns:.0f} ns = {per_token * ns / 1e3:.0f} us "
           f"= {per_token * ns * 1e-9 / step_s:.2%} of a {step_s * 1e3:.0f} ms step", flush=True)

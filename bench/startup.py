@@ -1,15 +1,17 @@
 """How long `llm-inspect MODEL PROMPT` takes to show its app with the tokenize stop, phase by
-phase, with the weights dequantized in the constructor (before: `background_load=False`) and
-in a background thread (after: the default).
+phase. Before: the weights dequantized in the constructor (`background_load=False`), every
+import one after the other. After: the CLI's own `open_engine` (weights in a background thread,
+the app's imports in a thread beside torch's).
 
     python bench/startup.py                      # both real models, 3 rounds each, interleaved
     python bench/startup.py --model smollm2 --rounds 5
 
 Each round is a fresh process (`--child`), so the imports count: the child does what
 inspector/commands/run.py's `main` does up to `make_app(...).run()`, then runs the app
-headless (Textual's `run_test`) with `--break tokenize` until the run is paused there and
-the app has painted it. The wall clock starts when the parent spawns the process. "weights ready" is
-when the last weight was dequantized (in the background, after the first paint).
+headless (Textual's `run_test`) with `--break tokenize` until the run is paused there and the
+app has painted it. The wall clock starts when the parent spawns the process. "weights ready"
+is when the last weight was dequantized (after: in the background, while the app starts);
+"first token" is when the one-token run finished, after `resume`.
 """
 
 from __future__ import annotations

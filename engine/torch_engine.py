@@ -48,6 +48,10 @@ def vocab_pieces(tok: Tokenizer) -> list[str]:
     return pieces
 
 
+class NumericalError(ValueError):
+    """The forward pass produced inf or NaN (a dtype too narrow for the model's activations)."""
+
+
 class TorchEngine:
     name = "torch"
     # How `encode` reads the prompt. chat: None = as it is; "" = through the GGUF's chat
@@ -196,6 +200,10 @@ class TorchEngine:
                 bus.emit("batch", step, ids=list(inputs), positions=list(range(pos, pos + len(inputs))),
                          kind="prefill" if step == 0 else "decode")
             logits = self.model.forward(tokens, pos, cache, step).float()
+            if not bool(torch.isfinite(logits).all()):
+                raise NumericalError(
+                    f"the logits at step {step} are not finite: the model overflowed {self.dtype_name}"
+                    + (" (float16 tops out at 65504; try --dtype bfloat16)" if self.dtype_name == "float16" else ""))
             pos += len(inputs)
             token = chain.sample(logits, history, step, bus)
             history.append(token)

@@ -9,7 +9,6 @@ come within cosine 0.9997 of fp32 (max error ~3% of the largest |logit|), fp16 w
 import numpy as np
 import pytest
 import torch
-from gguf import GGMLQuantizationType as T
 
 from engine.hooks import HookBus
 from engine.llamacpp_reference import cosine
@@ -121,3 +120,15 @@ def test_float16_rms_norm_of_a_large_residual(mode):
     want = num.rms_norm(x, w, 1e-5)
     got = num.rms_norm(x.half(), w.half(), 1e-5).float()
     assert torch.allclose(got, want, rtol=2e-3, atol=1e-3)
+
+
+def test_an_overflowing_dtype_is_a_clear_error(tmp_path):
+    """Logits that come out inf/NaN stop the run with one line, not a crash in the sampler."""
+    from engine.torch_engine import NumericalError, TorchEngine
+    from tests.tiny_models import write_tiny_llama
+
+    engine = TorchEngine(str(write_tiny_llama(tmp_path / "m.gguf")), numerics="exact", dtype="float16")
+    engine.model.w["output_norm.weight"].fill_(60000.0)  # near float16's top: the logits overflow
+    with pytest.raises(NumericalError, match="not finite.*bfloat16"):
+        for _ in engine.generate("hello", 2):
+            pass

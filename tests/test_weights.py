@@ -2,6 +2,8 @@
 all up front, each dequantized once, safe to read from any thread, and errors at open time."""
 
 import random
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -132,3 +134,11 @@ def test_vocab_pieces_match_token_text(models):
     assert vocab_pieces(tok) == [tok.token_text(i) for i in range(tok.n_vocab)]
     # the byte-level symbols for bytes 0x80.. are not whole UTF-8 on their own
     assert any(p.startswith("<0x") for p in vocab_pieces(tok))
+
+
+def test_the_cli_imports_neither_torch_nor_textual_before_it_needs_them():
+    """`llm-inspect --help` and a bad flag answer without paying for torch (~1.3 s) or Textual."""
+    code = ("import sys, inspector.cli, inspector.commands.run as r; r.parser(); "
+            "print(sorted(m for m in ('torch', 'textual') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

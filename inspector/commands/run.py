@@ -205,6 +205,8 @@ def main(args) -> int:
                 sys.stdout.flush()
             sys.stdout.write("\n")
             done = True
+        except ValueError as e:  # NumericalError, a context that fills up: one line, not a traceback
+            raise CliError(str(e)) from None
         finally:
             if writer:
                 writer.close(complete=done)  # an interrupted run's trace says it was cut short
