@@ -11,10 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gguf import GGUFReader, GGUFWriter
+from gguf import GGUFReader
 
 from engine.pretokenize import PreTokenizer, split_gpt2, split_llama3
 from engine.tokenizer import BYTE_TO_CHAR, Tokenizer
+from tests.tiny_models import write_vocab_only
 
 llama_cpp = pytest.importorskip("llama_cpp")
 
@@ -244,26 +245,9 @@ def vocab_only_gguf(smol_md, tmp_path_factory):
     """Write a tensor-free GGUF with SmolLM2's vocabulary and the given pre-tokenizer."""
     def write(pre: str) -> Path:
         path = tmp_path_factory.mktemp("vocab") / f"{pre}.gguf"
-        w = GGUFWriter(str(path), "llama")
-        w.add_block_count(1)
-        w.add_context_length(64)
-        w.add_embedding_length(8)
-        w.add_feed_forward_length(8)
-        w.add_head_count(1)
-        w.add_head_count_kv(1)
-        w.add_layer_norm_rms_eps(1e-5)
-        w.add_tokenizer_model("gpt2")
-        w.add_tokenizer_pre(pre)
-        w.add_token_list(smol_md["tokenizer.ggml.tokens"])
-        w.add_token_types([int(t) for t in smol_md["tokenizer.ggml.token_type"]])
-        w.add_token_merges(smol_md["tokenizer.ggml.merges"])
-        w.add_bos_token_id(1)
-        w.add_eos_token_id(2)
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file()
-        w.close()
-        return path
+        return write_vocab_only(path, pre, smol_md["tokenizer.ggml.tokens"],
+                                [int(t) for t in smol_md["tokenizer.ggml.token_type"]],
+                                smol_md["tokenizer.ggml.merges"], bos_id=1, eos_id=2)
     return write
 
 

@@ -14,12 +14,11 @@ import random
 from pathlib import Path
 
 import pytest
-from gguf import GGUFWriter
 
 from engine.gguf_file import GGUFFile
 from engine.pretokenize import UNICODE_15_ADDITIONS
 from engine.tokenizer import ReferenceTokenizer, Tokenizer, cross_check
-from tests.tiny_models import byte_symbols
+from tests.tiny_models import byte_symbols, write_vocab_only
 from tests.tokenizer_corpus import CORPUS, long_text
 
 llama_cpp = pytest.importorskip("llama_cpp")
@@ -114,25 +113,7 @@ def split_probe(tmp_path_factory):
     refs = {}
     for pre in ("gpt-2", "default"):
         path = tmp_path_factory.mktemp("probe") / f"{pre}.gguf"
-        w = GGUFWriter(str(path), "llama")
-        w.add_block_count(1)
-        w.add_context_length(64)
-        w.add_embedding_length(8)
-        w.add_feed_forward_length(8)
-        w.add_head_count(1)
-        w.add_head_count_kv(1)
-        w.add_layer_norm_rms_eps(1e-5)
-        w.add_tokenizer_model("gpt2")
-        w.add_tokenizer_pre(pre)
-        w.add_token_list(tokens)
-        w.add_token_types([1] * len(tokens))
-        w.add_token_merges(merges)
-        w.add_bos_token_id(0)
-        w.add_eos_token_id(1)
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file()
-        w.close()
+        write_vocab_only(path, pre, tokens, [1] * len(tokens), merges, bos_id=0, eos_id=1)
         ours = Tokenizer("gpt2", tokens, [1] * len(tokens), merges=merges, pre=pre, bos_id=0, eos_id=1)
         refs[pre] = (ours, ReferenceTokenizer(str(path)))
     return refs

@@ -143,3 +143,29 @@ def write_tiny_llama(
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def write_vocab_only(path: Path, pre: str, tokens: list[str], types: list[int], merges: list[str],
+                     bos_id: int, eos_id: int) -> Path:
+    """A tensor-free GGUF holding only a byte-level BPE vocabulary: llama.cpp loads it with
+    vocab_only=True, so the tokenizer tests get llama.cpp's ids for any pre-tokenizer."""
+    w = GGUFWriter(str(path), "llama")
+    w.add_block_count(1)
+    w.add_context_length(64)
+    w.add_embedding_length(8)
+    w.add_feed_forward_length(8)
+    w.add_head_count(1)
+    w.add_head_count_kv(1)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(pre)
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    w.add_bos_token_id(bos_id)
+    w.add_eos_token_id(eos_id)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
