@@ -49,7 +49,9 @@ class HookBus:
         self._listeners: list[Listener] = []
         self._filter: Callable[[str, int | None], bool] | None = None
         self.enabled = False
-        self.keep_tensors = True  # False: events carry scalars and timings only (a profile)
+        # Which stops' tensors are copied into their events (a capture policy's `keeps_tensors`);
+        # None copies all. The others still carry their scalars and timing, and cost no copy.
+        self.tensor_filter: Callable[[str, int | None], bool] | None = None
         self._seq = 0
         self._last_ns = 0
 
@@ -92,7 +94,8 @@ class HookBus:
             step=step,
             layer=layer,
             part=part,
-            tensors={k: to_numpy(v) for k, v in tensors.items()} if tensors and self.keep_tensors else {},
+            tensors=({k: to_numpy(v) for k, v in tensors.items()}
+                     if tensors and (self.tensor_filter is None or self.tensor_filter(stop, layer)) else {}),
             scalars=scalars,
             t_start_ns=self._last_ns or now,
             dur_ns=now - self._last_ns if self._last_ns else 0,

@@ -273,3 +273,26 @@ def test_cli_refuses_a_bad_capture_before_loading_the_model(capsys, tmp_path):
         code = main([str(tmp_path / "no-such-model.gguf"), "hi", "--headless", *flags])
         err = capsys.readouterr().err
         assert code == 2 and err.count("\n") == 1 and match in err and "no such model" not in err
+
+
+def test_timing_only_stops_are_not_copied_off_the_engine(tmp_path):
+    """Under `minimal`, attn is emitted for its timing alone: its event reaches listeners with no tensors."""
+    from engine.hooks import HookBus
+    from engine.torch_engine import TorchEngine
+    from tests.tiny_models import write_tiny_llama
+    from traces.live import MemoryTrace
+    from traces.policy import parse
+
+    policy = parse("minimal")
+    bus = HookBus()
+    bus.set_filter(policy.wants)
+    bus.tensor_filter = policy.keeps_tensors
+    seen = []
+    bus.add(seen.append)
+    bus.add(MemoryTrace({}))
+    engine = TorchEngine(str(write_tiny_llama(tmp_path / "m.gguf")), bus=bus, numerics="exact")
+    for _ in engine.generate("hello", 2):
+        pass
+    attn = [e for e in seen if e.stop == "attn"]
+    assert attn and all(not e.tensors for e in attn)
+    assert all("logits" in e.tensors for e in seen if e.stop == "logits" and e.part == "")

@@ -38,7 +38,7 @@ def slowed(engine: TorchEngine, weight: str, seconds: float) -> None:
 
 def test_profile_names_the_slow_layer_first(tiny):
     bus = HookBus()
-    bus.keep_tensors = False
+    bus.tensor_filter = lambda stop, layer: False
     engine = TorchEngine(tiny, bus=bus, numerics="exact")
     slowed(engine, f"blk.{SLOW_LAYER}.ffn_down", 0.02)
     trace = MemoryTrace({})

@@ -67,7 +67,7 @@ def main(args) -> int:
     if args.factor <= 1.0:
         raise CliError("--factor must be above 1")
     bus = HookBus()
-    bus.keep_tensors = False  # timing only: nothing is copied off the engine's buffers
+    bus.tensor_filter = lambda stop, layer: False  # timing only: nothing is copied off the engine's buffers
     engine = open_engine(args, bus)
     info = engine.info(args.prompt, args.n_predict)
     info["capture"] = {"preset": "timing"}

@@ -185,6 +185,7 @@ def main(args) -> int:
     except ValueError as e:
         raise CliError(str(e)) from None
     bus.set_filter(policy.wants)
+    bus.tensor_filter = policy.keeps_tensors  # a stop emitted for its timing alone copies nothing
 
     writer = None
     if args.record:
