@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 
+from inspector.commands.run import add_engine_flags, open_engine
 from inspector.common import DEFAULT_PROMPT, CliError, Parser, terminal_safe
 from traces.timing import Profile, profile
 from views.format import duration
@@ -29,10 +30,7 @@ def parser() -> Parser:
     p.add_argument("--json", action="store_true", help="print the profile as JSON")
     p.add_argument("--headless", action="store_true", help="print the table only; do not open the timing view")
     p.add_argument("--record", metavar="PATH", help="write the run's trace (timings only) to PATH")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--numerics", default="llamacpp", choices=["llamacpp", "llamacpp-fast", "exact"])
-    p.add_argument("-c", "--ctx-size", type=int, default=0, help="context size (default: the model's, at most 4096)")
+    add_engine_flags(p)
     return p
 
 
@@ -61,7 +59,6 @@ def table(prof: Profile, top: int = TOP) -> str:
 
 def main(args) -> int:
     from engine.hooks import HookBus
-    from inspector.commands.run import open_engine
     from traces.live import MemoryTrace
 
     if args.factor <= 1.0:

@@ -30,13 +30,7 @@ def parser() -> Parser:
     p.add_argument("--paused", action="store_true", help="start paused at the first stop")
     p.add_argument("--lens", action="store_true", help="the logit lens: every layer's residual through the final "
                    "norm and LM head, shown in the logits view (one vocabulary-sized matmul per layer)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--numerics", default="llamacpp", choices=["llamacpp", "llamacpp-fast", "exact"],
-                   help="llamacpp: ggml's CPU roundings and summation order, to agree with llama.cpp; "
-                        "llamacpp-fast: its roundings only (faster); exact: plain float math "
-                        "on the dequantized weights (default llamacpp)")
-    p.add_argument("-c", "--ctx-size", type=int, default=0, help="context size (default: the model's, at most 4096)")
+    add_engine_flags(p)
     p.add_argument("--chat", action="store_true", help="send the prompt as a user turn through the model's chat template")
     p.add_argument("--chat-template", metavar="NAME|FILE", help="with --chat: a built-in template (chatml, gemma) or a "
                    ".jinja file instead of the model's own (implies --chat)")
@@ -45,6 +39,17 @@ def parser() -> Parser:
     add_sampling_flags(p)
     add_capture_flags(p)
     return p
+
+
+def add_engine_flags(p: Parser) -> None:
+    """How the torch engine runs: the flags every command that runs a model shares (run, profile)."""
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--numerics", default="llamacpp", choices=["llamacpp", "llamacpp-fast", "exact"],
+                   help="llamacpp: ggml's CPU roundings and summation order, to agree with llama.cpp; "
+                        "llamacpp-fast: its roundings only (faster); exact: plain float math "
+                        "on the dequantized weights (default llamacpp)")
+    p.add_argument("-c", "--ctx-size", type=int, default=0, help="context size (default: the model's, at most 4096)")
 
 
 def add_capture_flags(p: Parser) -> None:
