@@ -47,6 +47,21 @@ class Profile:
                 "factor": self.factor, "rows": [asdict(r) for r in self.rows]}
 
 
+MIN_PEERS = 3
+
+
+def slow_vs_peers(ns: int, peers: list[int], step_total: int, factor: float) -> tuple[float, bool]:
+    """(ns over the peers' median, whether that makes it an outlier): the one rule the profile and
+    the timing view both use. With fewer than MIN_PEERS peers there is no verdict (1.0, False)."""
+    if len(peers) < MIN_PEERS:
+        return 1.0, False
+    mid = median(peers)
+    if mid <= 0:
+        return 1.0, False
+    ratio = ns / mid
+    return ratio, ratio > factor and (ns - mid) >= MIN_SHARE * step_total
+
+
 def profile(trace: Trace, factor: float = 2.0) -> Profile:
     steps = trace.steps
     totals: dict[int, int] = {}
@@ -69,11 +84,7 @@ def profile(trace: Trace, factor: float = 2.0) -> Profile:
     rows = []
     for (stop, layer), ns in medians.items():
         peers = per_stop.get(stop, []) if layer is not None else []
-        ratio, outlier = 1.0, False
-        if len(peers) >= 3:
-            mid = median(peers)
-            ratio = ns / mid if mid else 1.0
-            outlier = ratio > factor and (ns - mid) >= MIN_SHARE * step_total
+        ratio, outlier = slow_vs_peers(ns, peers, step_total, factor)
         rows.append(Row(stop, layer, ns, ns / step_total if step_total else 0.0, ratio, outlier))
     rows.sort(key=lambda r: -r.median_ns)
     return Profile(totals.get(0, 0), int(median([totals[s] for s in decode])) if decode else 0, len(decode), rows, factor)

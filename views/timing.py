@@ -6,7 +6,8 @@ since the previous stop, so the stops of a step add up to the step). Two panels:
 * the slowest stops of the selected step, summed over layers, each with its share of the step;
 * a column chart, one column per layer, of the selected stop's time (or, when the selected
   stop is not a per-layer one, of each layer's total). A layer slower than `SLOW_FACTOR`
-  times the median of its peers is an outlier: drawn in the warning colour and named below.
+  times the median of its peers, by at least 1% of the step, is an outlier (the profile's rule,
+  traces/timing.py): drawn in the warning colour and named below.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from rich.text import Text
 from textual.widget import Widget
 
 from traces.base import Trace
+from traces.timing import slow_vs_peers
 from traces.schema import STOP_BY_NAME
 from views import colors
 from views.charts import column_chart
@@ -39,12 +41,14 @@ class StepTiming:
     by_layer: list[int]  # ns per layer, index = layer
 
     def outliers(self, factor: float = SLOW_FACTOR) -> list[tuple[int, float]]:
-        """(layer, times the median) for every layer slower than `factor` × the median of the layers."""
+        """(layer, times the median) for every outlier layer, by the profile's rule (traces/timing.py)."""
         timed = [ns for ns in self.by_layer if ns > 0]
-        if len(timed) < 3:
-            return []
-        mid = median(timed)
-        return [(il, ns / mid) for il, ns in enumerate(self.by_layer) if mid > 0 and ns > factor * mid]
+        out = []
+        for il, ns in enumerate(self.by_layer):
+            ratio, outlier = slow_vs_peers(ns, timed, self.total_ns, factor)
+            if outlier:
+                out.append((il, ratio))
+        return out
 
 
 def step_timing(trace: Trace, step: int, stop: str, n_layer: int) -> StepTiming | None:
