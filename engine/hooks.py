@@ -6,6 +6,10 @@ read and a False, so a run nobody watches pays no copies, no syncs and no clock 
 
 Listeners are called in the engine's thread, in order: the recorder first, then the
 run controller, which may block (a breakpoint) until the user steps.
+
+A stop's duration is the work since the previous stop: the CPU's monotonic clock, or on a
+GPU (`on_device`) CUDA events read when the step ends (engine/cuda_timing.py). With `defer`
+the listeners get a GPU step's events when it ends; without it each stop waits for its own.
 """
 
 from __future__ import annotations
@@ -54,6 +58,11 @@ class HookBus:
         self.tensor_filter: Callable[[str, int | None], bool] | None = None
         self._seq = 0
         self._last_ns = 0
+        # Hold a GPU step's events until the step ends, so timing needs no wait per stop: for a run
+        # nobody steps through (`llm-inspect profile`). Set before the engine's `on_device`.
+        self.defer = False
+        # Times the stops when the engine runs on a GPU (`on_device`: a CudaStopTimer); None: the CPU clock.
+        self.gpu_timer = None
 
     def add(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -72,10 +81,26 @@ class HookBus:
             return False
         return self._filter is None or self._filter(stop, layer)
 
+    def on_device(self, device) -> None:
+        """The engine runs on `device`: on a GPU, time the stops with CUDA events."""
+        if getattr(device, "type", str(device).partition(":")[0]) == "cuda":
+            from engine.cuda_timing import CudaStopTimer
+
+            self.gpu_timer = CudaStopTimer(device, live=not self.defer)
+
     def start_step(self) -> None:
         """Mark the start of a step's work, so the first stop's duration is its own."""
         if self.enabled:
+            if self.gpu_timer is not None:
+                self.end_step()
+                self.gpu_timer.start()
             self._last_ns = time.perf_counter_ns()
+
+    def end_step(self) -> None:
+        """The step's work is queued (the engine calls this before it yields the step): a GPU
+        step's held events get their times and go to the listeners. Nothing to do on a CPU."""
+        if self.gpu_timer is not None:
+            self._deliver(self.gpu_timer.resolve())
 
     def emit(
         self,
@@ -87,6 +112,7 @@ class HookBus:
         **scalars,
     ) -> Event:
         now = time.perf_counter_ns()
+        boundary = self.gpu_timer.boundary() if self.gpu_timer is not None else None
         check_stop(stop)
         event = Event(
             seq=self._seq,
@@ -101,8 +127,18 @@ class HookBus:
             dur_ns=now - self._last_ns if self._last_ns else 0,
         )
         self._seq += 1
-        for listener in self._listeners:
-            listener(event)
+        if boundary is None:
+            for listener in self._listeners:
+                listener(event)
+        else:
+            self._deliver(self.gpu_timer.hold(event, boundary))
         # Copies and listeners (a paused controller included) are not the next stop's work.
         self._last_ns = time.perf_counter_ns()
+        if boundary is not None and self.gpu_timer.live:
+            self.gpu_timer.start()
         return event
+
+    def _deliver(self, events: list[Event]) -> None:
+        for event in events:
+            for listener in self._listeners:
+                listener(event)

@@ -220,6 +220,7 @@ class Numerics:
         self._blocks = blocks
         self._int: dict[str, tuple[torch.Tensor, nq.IntWeight]] = {}  # name -> (weight, its integer form)
         self._last_int: tuple | None = None  # (input, kernel's activation type, its quantization)
+        self._experts: dict[str, tuple] = {}  # "name[e]" -> (expert stack, its slice e, name, e)
 
     # -- matmuls ---------------------------------------------------------------------
 
@@ -247,6 +248,9 @@ class Numerics:
         """x @ weight.T, as ggml's CPU matmul computes it for the weight's type."""
         vdt = self.act.get(name)
         if vdt is None:
+            if (self.bitexact and self.types.get(name) == T.F32 and x.dtype == weight.dtype == torch.float32
+                    and x.device.type == "cpu" and name not in VECTORIZED_OUTPUT):
+                return f32_matmul(x, weight)  # a MoE router (ffn_gate_inp), kept F32 in real files
             return x @ weight.T
         exact_ok = self.bitexact and x.dtype == torch.float32 and x.device.type == "cpu"
         if exact_ok and self.types.get(name) == T.Q4_1:
@@ -259,12 +263,40 @@ class Numerics:
             y = y + delta @ self._mins_t(weight, name)
         return y
 
+    def expert_linear(self, x: torch.Tensor, weights: torch.Tensor, name: str, expert: int) -> torch.Tensor:
+        """x @ weights[expert].T for a stack of expert matrices [n_expert, n_out, n_in] (one GGUF
+        tensor, `name`): ggml's MUL_MAT_ID runs each expert's rows through the same vec_dot
+        as a plain matmul of the weight's type, so each expert is treated as a matrix of its own
+        (`name[expert]`), its raw blocks the expert's slice of the tensor's bytes."""
+        key = f"{name}[{expert}]"
+        view = self._experts.get(key)
+        if view is None or view[0] is not weights:
+            view = (weights, weights[expert], name, expert)
+            self._experts[key] = view
+            if name in self.types:
+                self.types[key] = self.types[name]
+            if name in self.act:
+                self.act[key] = self.act[name]
+            if name in self.with_min:
+                self.with_min.add(key)
+        return self.linear(x, view[1], key)
+
+    def _raw_blocks(self, name: str) -> np.ndarray:
+        """A weight's raw GGUF bytes; an expert's slice of them for `name[expert]` keys."""
+        view = self._experts.get(name)
+        if view is None:
+            return self._blocks(name)
+        weights, _, tensor, expert = view
+        raw = np.asarray(self._blocks(tensor)).reshape(-1)
+        per = raw.size // weights.shape[0]
+        return raw[expert * per:(expert + 1) * per]
+
     def _linear_int(self, x: torch.Tensor, weight: torch.Tensor, name: str) -> torch.Tensor:
         """The matmul on the weight's integer quants, as ggml's kernel for its type computes it."""
         cached = self._int.get(name)
         if cached is None or cached[0] is not weight:
             n_out, n_in = weight.shape
-            cached = (weight, nq.load(self._blocks(name), self.types[name], n_out, n_in))
+            cached = (weight, nq.load(self._raw_blocks(name), self.types[name], n_out, n_in))
             self._int[name] = cached
         w = cached[1]
         vdt = self.act[name]
@@ -395,6 +427,21 @@ class Numerics:
         # ggml_vec_swiglu_f32 (AVX2): ggml_v_silu(x) = x / (1 + ggml_v_expf(-x)), times up.
         return (gate / (1.0 + ggml_v_expf(-gate).to(gate.dtype)) * up).to(gate.dtype)
 
+    def sigmoid(self, x: torch.Tensor) -> torch.Tensor:
+        """1 / (1 + exp(-x)): a router's gating (DeepSeek-V3). ggml's sigmoid is scalar code with
+        the C library's expf: 1.f / (1.f + expf(-x))."""
+        if not self.on:
+            return torch.sigmoid(x)
+        return torch.div(_ONE, 1.0 + _libm_expf(-x.float())).to(x.dtype)
+
+    def silu_scalar(self, x: torch.Tensor) -> torch.Tensor:
+        """silu(x) = x / (1 + exp(-x)) as ggml computes it for rows shorter than 8 floats (its
+        vector loop never runs; the scalar tail calls the C library's expf): qwen2moe's shared
+        expert gate, one value per token."""
+        if not self.on:
+            return torch.nn.functional.silu(x)
+        return (x.float() / (1.0 + _libm_expf(-x.float()))).to(x.dtype)
+
     def geglu(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         """gelu(gate) * up, GELU in its tanh form (Gemma's FFN)."""
         if not self.on:
@@ -506,6 +553,44 @@ def ggml_v_expf(x: torch.Tensor) -> torch.Tensor:
     return torch.where(big, slow, fast)
 
 
+def f32_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x [..., k] @ weight [m, k].T for an F32 weight, summed as ggml's CPU backend sums it (AVX2).
+    A batch of two or more rows goes through llamafile's tinyBLAS when k is a multiple of 8 and m
+    of 4 (qwen2moe's one-row shared-expert gate is not): one
+    8-lane accumulator per output, acc = fma(x[l:l+8], w[l:l+8], acc) chunk after chunk, then
+    hsum. One row goes through ggml_vec_dot_f32: 4 accumulators of 8 lanes, 32 elements a step,
+    reduced (a0+a2)+(a1+a3), then the 8 lanes by two hadds; the k % 32 left over are fma'd on in
+    float. Each fma is an exact product in float64 plus the float32 accumulator, rounded once."""
+    lead = x.shape[:-1]
+    xt = x.reshape(-1, x.shape[-1])
+    n, k = xt.shape
+    m = weight.shape[0]
+    out = torch.empty(n, m, dtype=torch.float32)
+    step = _rows_per_chunk(k * 8, m, budget=1 << 21)  # outputs per pass: bounds the float64 products
+    for c0 in range(0, m, step):
+        w = weight[c0:c0 + step].double()
+        if n >= 2 and k % 8 == 0 and m % 4 == 0:  # tinyBLAS tiles m by 4 at least, else declines
+            prod = xt.double().view(n, 1, k // 8, 8) * w.view(1, -1, k // 8, 8)  # (n, m', chunks, 8): exact
+            acc = prod[:, :, 0].float()
+            for i in range(1, k // 8):
+                acc = (acc.double() + prod[:, :, i]).float()
+            out[:, c0:c0 + step] = hsum8(acc)
+            continue
+        body = k - k % 32
+        prod = xt[:, None, :body].double() * w[None, :, :body]  # (n, m', body)
+        steps = prod.view(n, -1, body // 32, 4, 8)
+        acc = torch.zeros(n, w.shape[0], 4, 8, dtype=torch.float32)
+        for i in range(body // 32):
+            acc = (acc.double() + steps[:, :, i]).float()
+        a = (acc[:, :, 0] + acc[:, :, 2]) + (acc[:, :, 1] + acc[:, :, 3])  # (n, m', 8)
+        t0 = a[..., :4] + a[..., 4:]
+        total = (t0[..., 0] + t0[..., 1]) + (t0[..., 2] + t0[..., 3])  # hadd(hadd(t0, t0))
+        for i in range(body, k):  # the leftovers, sumf += x*y contracted to an fma
+            total = (total.double() + xt[:, None, i].double() * w[None, :, i]).float()
+        out[:, c0:c0 + step] = total
+    return out.reshape(*lead, m)
+
+
 def _rows_per_chunk(per_row: int, n_rows: int, budget: int = 1 << 23) -> int:
     return max(1, min(n_rows, budget // max(1, per_row)))
 
@@ -552,7 +637,7 @@ def _libm_cos_sin(angles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
         try:
             lib = ctypes.CDLL(ctypes.util.find_library("m") or "libm.so.6")
-            for fn in (lib.cosf, lib.sinf, lib.tanhf):
+            for fn in (lib.cosf, lib.sinf, lib.tanhf, lib.expf):
                 fn.argtypes, fn.restype = [ctypes.c_float], ctypes.c_float
             _LIBM = lib
         except OSError:
@@ -594,6 +679,19 @@ def _libm_tanh(v: np.ndarray) -> np.ndarray:
         return np.tanh(v.astype(np.float64)).astype(np.float32)
     tanhf = _LIBM.tanhf
     return np.array([tanhf(a) for a in v.tolist()], dtype=np.float32)
+
+
+def _libm_expf(x: torch.Tensor) -> torch.Tensor:
+    """expf from the C library, element by element (ggml's scalar sigmoid and SiLU call it);
+    for the router-sized tensors that need it (T x n_expert values)."""
+    _libm_cos_sin(np.zeros(0, dtype=np.float32))  # loads the library once
+    v = x.detach().float().cpu().numpy()
+    if _LIBM is False:
+        out = np.exp(v.astype(np.float64)).astype(np.float32)
+    else:
+        expf = _LIBM.expf
+        out = np.array([expf(a) for a in v.reshape(-1).tolist()], dtype=np.float32).reshape(v.shape)
+    return torch.from_numpy(out).to(x.device)
 
 
 def _f32(v: float) -> torch.Tensor:

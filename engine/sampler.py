@@ -22,6 +22,10 @@ with temperature ≤ 0 only the top candidate survives (llama.cpp keeps the othe
 which the draw then cannot pick); and typical's entropy counts a probability that
 underflowed to 0 as 0 (llama.cpp's arithmetic makes it NaN).
 
+With a grammar (engine/grammar.py), llama.cpp's grammar-first path comes before the chain: only
+the tokens the grammar allows go on, a `grammar` event carries the mask, and the drawn token
+advances the grammar.
+
 After each stage, when someone listens, one `sample` event with `part=<stage>` carries the
 survivors: their count, and the top `SHOWN` of them by probability (softmax over the
 survivors) with their logits and the probability mass those cover; `dist` adds the draw.
@@ -33,12 +37,16 @@ import math
 import secrets
 from collections import Counter
 from dataclasses import asdict, dataclass, replace
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import torch
 
 from engine.hooks import HookBus
+
+if TYPE_CHECKING:  # torch is imported where the logits are read: the CLI reads SamplerParams before torch loads
+    import torch
+
+    from engine.grammar import Grammar
 
 TOP_K_SHOWN = 10  # the logits event's top-k
 SHOWN = 256  # candidates a sample event keeps: a 262k vocabulary survives penalties and temp whole
@@ -303,6 +311,8 @@ class MT19937:
 def logits_summary(logits: torch.Tensor, k: int = TOP_K_SHOWN) -> dict:
     """The logits event's scalars: the top-k by probability and the entropy (nats), in few passes
     over a vocabulary that may be 262k long."""
+    import torch
+
     logp = torch.log_softmax(logits.float(), dim=-1)
     top = torch.topk(logp, k)
     probs = logp.exp()
@@ -329,27 +339,56 @@ def survivors(c: Candidates, model_probs: np.ndarray, shown: int = SHOWN) -> tup
     return tensors, {"n": len(c), "shown": len(order), "mass": float(probs[order].sum()), "kept_mass": kept}
 
 
-class Sampler:
-    """One run's sampler: the settings, and the random state that carries from step to step."""
+def stage_settings(p: SamplerParams) -> dict[str, tuple[dict, bool]]:
+    """Each stage before the draw: its settings as its event shows them, and whether it can change
+    anything (engine/llamacpp_sampler.py emits the same)."""
+    penalize = p.repeat_last_n != 0 and (p.repeat_penalty, p.frequency_penalty, p.presence_penalty) != (1, 0, 0)
+    return {
+        "penalties": ({"repeat_penalty": p.repeat_penalty, "repeat_last_n": p.repeat_last_n,
+                       "presence_penalty": p.presence_penalty, "frequency_penalty": p.frequency_penalty}, penalize),
+        "top_k": ({"k": p.top_k}, p.top_k > 0),
+        "typical": ({"p": p.typical_p}, p.typical_p < 1.0),
+        "top_p": ({"p": p.top_p}, p.top_p < 1.0),
+        "min_p": ({"p": p.min_p}, p.min_p > 0.0),
+        "temp": ({"temp": p.temp}, True),
+    }
 
-    def __init__(self, params: SamplerParams) -> None:
+
+def grammar_stage(grammar: "Grammar", c: Candidates, step: int, bus: HookBus) -> Candidates:
+    """llama.cpp's grammar-first path: only the tokens the grammar allows go on to the chain
+    (llama.cpp sets the others' logits to -inf, which no later stage or draw can pick). The
+    `grammar` event carries the mask, packed 1 bit per token (engine/grammar.py `packed`)."""
+    from engine.grammar import GrammarError, packed
+
+    allowed = grammar.mask(len(c))
+    if bus.wants("grammar"):
+        bus.emit("grammar", step, tensors={"mask": packed(allowed)}, **grammar.state(allowed))
+    if not allowed.any():
+        raise GrammarError(f"the grammar {grammar.source.name} allows no token of this vocabulary at step {step}")
+    return c.take(np.flatnonzero(allowed))
+
+
+class Sampler:
+    """One run's sampler: the settings, the random state that carries from step to step, and the
+    grammar (engine/grammar.py), if the run is constrained by one."""
+
+    def __init__(self, params: SamplerParams, grammar: "Grammar | None" = None) -> None:
         self.params = params.with_seed()
         self.rng = MT19937(self.params.seed)
+        self.grammar = grammar
 
     def stages(self, history: list[int]) -> list[tuple[str, Callable[[Candidates], Candidates], dict, bool]]:
         """The chain before the draw: (name, stage, its settings, whether it can change anything)."""
         p = self.params
-        penalize = p.repeat_last_n != 0 and (p.repeat_penalty, p.frequency_penalty, p.presence_penalty) != (1, 0, 0)
-        return [
-            ("penalties", lambda c: penalties(c, history, p),
-             {"repeat_penalty": p.repeat_penalty, "repeat_last_n": p.repeat_last_n,
-              "presence_penalty": p.presence_penalty, "frequency_penalty": p.frequency_penalty}, penalize),
-            ("top_k", lambda c: top_k(c, p.top_k), {"k": p.top_k}, p.top_k > 0),
-            ("typical", lambda c: typical(c, p.typical_p, p.min_keep), {"p": p.typical_p}, p.typical_p < 1.0),
-            ("top_p", lambda c: top_p(c, p.top_p, p.min_keep), {"p": p.top_p}, p.top_p < 1.0),
-            ("min_p", lambda c: min_p(c, p.min_p, p.min_keep), {"p": p.min_p}, p.min_p > 0.0),
-            ("temp", lambda c: temperature(c, p.temp), {"temp": p.temp}, True),
-        ]
+        run = {
+            "penalties": lambda c: penalties(c, history, p),
+            "top_k": lambda c: top_k(c, p.top_k),
+            "typical": lambda c: typical(c, p.typical_p, p.min_keep),
+            "top_p": lambda c: top_p(c, p.top_p, p.min_keep),
+            "min_p": lambda c: min_p(c, p.min_p, p.min_keep),
+            "temp": lambda c: temperature(c, p.temp),
+        }
+        return [(name, run[name], settings, active) for name, (settings, active) in stage_settings(p).items()]
 
     def sample(self, logits: torch.Tensor, history: list[int], step: int, bus: HookBus) -> int:
         """The next token from `logits` [n_vocab]; `history` is every token so far (prompt and drawn),
@@ -358,6 +397,8 @@ class Sampler:
             bus.emit("logits", step, tensors={"logits": logits}, **logits_summary(logits))
         raw = logits.detach().float().cpu().numpy()
         c = Candidates(np.arange(len(raw), dtype=np.int64), raw)
+        if self.grammar is not None:
+            c = grammar_stage(self.grammar, c, step, bus)
         watch = bus.wants("sample")
         if watch:
             x = raw.astype(np.float64)
@@ -376,4 +417,6 @@ class Sampler:
         if watch:
             bus.emit("sample", step, part="dist", tensors=summary[0], **summary[1], n_in=len(c), active=True,
                      drawn=draw.token, p=draw.p, u=draw.u, seed=self.params.seed)
+        if self.grammar is not None:
+            self.grammar.accept(draw.token)
         return draw.token

@@ -111,6 +111,13 @@ class Encoding:
         return [s[2] for s in syms]
 
 
+def _as_list(values: Sequence, kind: type) -> list:
+    """Python numbers of `kind`: a numpy array's in one call (`tolist`), else one by one."""
+    if hasattr(values, "tolist") and hasattr(values, "dtype"):
+        return [kind(v) for v in values] if values.dtype.kind != ("f" if kind is float else "i") else values.tolist()
+    return [kind(v) for v in values]
+
+
 def _get(md: dict, key: str, default: Any = None) -> Any:
     v = md.get(key, default)
     return v.item() if hasattr(v, "item") and getattr(v, "ndim", 1) == 0 else v
@@ -127,10 +134,12 @@ class Tokenizer:
         if model not in ("gpt2", "llama"):
             raise ValueError(f"unsupported tokenizer model {model!r} (gpt2, llama)")
         self.model = model
+        # Whole-array conversions (GGUF arrays come as numpy): Gemma 3's 262k entries are on the
+        # way to the app's first paint.
         self.tokens = list(tokens)
-        self.types = [int(t) for t in types] if types is not None else [NORMAL] * len(tokens)
-        self.scores = [float(s) for s in scores] if scores is not None else None
-        self.token_to_id = {t: i for i, t in enumerate(self.tokens)}
+        self.types = _as_list(types, int) if types is not None else [NORMAL] * len(tokens)
+        self.scores = _as_list(scores, float) if scores is not None else None
+        self.token_to_id = dict(zip(self.tokens, range(len(self.tokens))))  # a repeated text: its last id, as before
         n = len(self.tokens)
 
         if model == "gpt2":
@@ -174,12 +183,13 @@ class Tokenizer:
             i = valid((fim_ids or {}).get(kind), first_present(texts))
             if i is not None:
                 eog.add(i)
-        for i in eog | ({eot} if eot is not None else set()):
+        promoted = eog | ({eot} if eot is not None else set())
+        for i in promoted:
             self.control[i] = True
         self.eot_id = eot
         self.eos_ids = {i for i in (self.eos_id, eot, valid(eom_id)) if i is not None} | eog
 
-        special = [i for i in range(n) if self.control[i] or self.types[i] in SPECIAL_TYPES]
+        special = list({i for i, t in enumerate(self.types) if t in SPECIAL_TYPES} | promoted)  # CONTROL is one
         special.sort(key=lambda i: (-len(self.tokens[i].encode()), i))
         self._special_ids = special
         self._special_set = frozenset(special)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from engine.gguf_file import GGUFFile
+from engine.model_file import weight_table  # noqa: F401 (torch-free; imported from here too)
 from engine.quants import UnsupportedQuant, block_layout, dequantize
 
 
@@ -216,12 +217,3 @@ class Weights(Mapping):
                 return  # kept in self._error: the reader that needs a weight raises it
         with self._cond:
             self._cond.notify_all()  # readers waiting on a loader that stopped take over
-
-
-def weight_table(gguf: GGUFFile) -> dict[str, dict]:
-    """Each weight's quant type and shape, for the trace (stop C18: which tensor is Q4_1, which F32)."""
-    table = {}
-    for name, info in gguf.tensors.items():
-        layout = block_layout(info.type)
-        table[name] = {"type": info.type.name, "shape": list(info.shape), "bits_per_weight": layout["bits_per_weight"]}
-    return table

@@ -33,8 +33,11 @@ from traces.schema import STOP_BY_NAME, Event
 from views import colors
 from views.attention import AttentionView
 from views.event import EventView
+from views.grammar import GrammarView
 from views.kv_cache import KVCacheView
 from views.logits import LogitsView
+from views.mla import MLAView
+from views.moe import MoEView
 from views.navigator import Navigator
 from views.qkv import QKVView
 from views.residual import ResidualView
@@ -72,6 +75,8 @@ def describe_model(info: dict) -> str:
         parts.append(f"d {model['n_embd']}")
     if engine:
         parts.append(" ".join(str(engine[k]) for k in ("name", "device", "dtype") if engine.get(k)))
+    if "flash_attn" in engine:  # llama.cpp: with flash attention on, no attention weights exist
+        parts.append("flash-attn on: no attention weights" if engine["flash_attn"] else "flash-attn off")
     return escape_controls(" · ".join(p for p in parts if p))
 
 
@@ -103,6 +108,9 @@ class InspectorApp(App[None]):
         Binding("v", "view('qkv')", "q·k·v, rope view", id="view.qkv", group=VIEW, show=False),
         Binding("k", "view('kv')", "kv cache view", id="view.kv", group=VIEW, show=False),
         Binding("s", "view('sampling')", "sampling view", id="view.sampling", group=VIEW, show=False),
+        Binding("m", "view('grammar')", "grammar mask view", id="view.grammar", group=VIEW, show=False),
+        Binding("x", "view('moe')", "experts view", id="view.moe", group=VIEW, show=False),
+        Binding("w", "view('mla')", "MLA latent cache view", id="view.mla", group=VIEW, show=False),
         Binding("e", "view('event')", "event (raw numbers)", id="view.event", group=VIEW, show=False),
         Binding("p", "view('timing')", "timing view", id="view.timing", group=VIEW,
                 show=False),
@@ -110,7 +118,9 @@ class InspectorApp(App[None]):
         Binding("q", "quit", "quit", id="app.quit"),
     ]
 
-    selection: reactive[Selection] = reactive(Selection, init=False)
+    # repaint=False: the views refresh what changed; a repaint of the whole screen per keypress
+    # was ~30 ms of each press on 2 cores (bench/ui.py).
+    selection: reactive[Selection] = reactive(Selection, init=False, repaint=False)
     """What the views show: step, stop, layer, head and which view."""
 
     def __init__(
@@ -149,7 +159,10 @@ class InspectorApp(App[None]):
                 yield QKVView(id="qkv")
                 yield ResidualView(id="residual")
                 yield SamplingView(id="sampling")
+                yield GrammarView(id="grammar")
                 yield KVCacheView(id="kv")
+                yield MoEView(id="moe")
+                yield MLAView(id="mla")
                 yield TimingView(id="timing")
         yield StepBar(id="stepbar")
         yield StreamText(id="stream")
@@ -219,6 +232,14 @@ class InspectorApp(App[None]):
             self._jump_to(paused_at)
         self._paused_at = paused_at
         self._update_status()
+
+    def show_now(self, then: Callable[[], None] | None = None) -> None:
+        """Show what the trace holds now, not at the next poll, and call `then` once it is on
+        screen. The engine thread asks this (through call_from_thread) before long work that
+        would slow the UI thread down, such as importing torch (inspector/commands/run.py)."""
+        self._poll()
+        if then is not None:
+            self.call_after_refresh(then)
 
     def _jump_to(self, event: Event) -> None:
         """Show the event the run is paused at: its step, its stop, its layer."""

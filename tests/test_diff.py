@@ -12,6 +12,7 @@ from tests.fixtures import diffs
 from traces.base import Trace
 from traces.diff import Tolerance, compare_tensors, diff_traces
 from traces.reader import open_trace
+from traces.schema import Event
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +96,28 @@ def test_one_perturbed_tensor_is_the_first_and_only_divergence(base):
     assert (d.first.step, d.first.stop, d.first.layer, d.first.kind) == (3, "attn_out", 2, "cos")
     assert [e.where() for e in d.events if e.breach] == ["step 3 · attn_out · layer 2"]
     assert not d.same
+
+
+def _with_stage(events, ids, logits):
+    """`events` plus a top_k sampler stage at step 2 showing these candidates."""
+    at = next(i for i, e in enumerate(events) if e.step == 2 and e.stop == "sample")
+    stage = Event(0, "sample", 2, None, "top_k", {"ids": np.array(ids, np.int32),
+                                                  "logits": np.array(logits, np.float32)}, {"n": len(ids)})
+    out = events[:at] + [stage] + events[at:]
+    return [replace(e, seq=i) for i, e in enumerate(out)]
+
+
+def test_candidates_reordered_between_near_ties_are_no_divergence(base):
+    # Two engines whose logits differ by ~1e-5 rank two near-tied candidates either way.
+    a = _with_stage(base, [7, 4, 9, 5], [3.0, 2.500001, 2.5, 1.0])
+    tied = _with_stage(base, [7, 9, 4, 5], [3.0, 2.500002, 2.5, 1.0])
+    d = diff_traces(diffs.trace(a), diffs.trace(tied))
+    ids = next(t for e in d.events if e.stop == "sample" and e.part == "top_k" for t in e.tensors if t.name == "ids")
+    assert d.same and ids.n_diff == 0 and ids.ties == 2
+    # The same swap between candidates a whole logit apart is a divergence.
+    apart = _with_stage(base, [7, 9, 4, 5], [3.0, 1.5, 2.5, 1.0])
+    d = diff_traces(diffs.trace(_with_stage(base, [7, 4, 9, 5], [3.0, 2.5, 1.5, 1.0])), diffs.trace(apart))
+    assert not d.same and (d.first.stop, d.first.part, d.first.tensor) == ("sample", "top_k", "ids")
 
 
 def test_first_divergence_is_in_execution_order_not_stop_order(base):

@@ -176,7 +176,7 @@ def test_gemma3_window_layout_from_metadata():
 
 def test_unsupported_architecture_is_refused_by_name(tmp_path):
     path = write_tiny_llama(tmp_path / "mamba.gguf", arch="mamba")
-    supported = r"'mamba' is not supported by the torch engine \(supported: gemma3, llama, qwen2, qwen3\)"
+    supported = r"'mamba' is not supported by the torch engine \(supported: deepseek2, gemma3, llama, qwen2, qwen2moe, qwen3, qwen3moe\)"
     with pytest.raises(UnsupportedModel, match=supported):
         TorchEngine(str(path))
     assert model_class("qwen3") is model_class("llama")

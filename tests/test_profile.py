@@ -56,7 +56,7 @@ def test_profile_names_the_slow_layer_first(tiny):
 
 
 def test_profile_command_prints_json(tiny, capsys):
-    assert main(["profile", tiny, "hello llama", "-n", "3", "--numerics", "exact", "--json"]) == 0
+    assert main(["profile", tiny, "hello llama", "-n", "3", "--numerics", "exact", "--json", "--no-roofline"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["n_decode"] == 2 and out["rows"]
     stops = {r["stop"] for r in out["rows"]}
@@ -85,3 +85,85 @@ def test_relative_slow_breakpoint_compares_with_peer_layers():
 def test_break_slow_needs_a_factor(capsys):
     assert main(["--break-slow", "lots", "--headless"]) == 2
     assert "bad breakpoint" in capsys.readouterr().err
+
+
+def record_profile(path, model: str, slow: float = 0.0) -> str:
+    """A timing-only run written to `path`, as `llm-inspect profile --record` writes it."""
+    from traces.writer import TraceWriter
+
+    bus = HookBus()
+    bus.tensor_filter = lambda stop, layer: False
+    engine = TorchEngine(model, bus=bus, numerics="exact")
+    if slow:
+        slowed(engine, f"blk.{SLOW_LAYER}.ffn_down", slow)
+    with TraceWriter(path, engine.info("hello llama", 8)) as writer:
+        bus.add(writer)
+        for _ in engine.generate("hello llama", 8):
+            pass
+    return str(path)
+
+
+def test_compare_names_what_got_slower_and_faster(tiny, tmp_path):
+    import traces
+    from traces.timing import compare
+
+    fast = record_profile(tmp_path / "fast.trace", tiny)
+    slow = record_profile(tmp_path / "slow.trace", tiny, slow=0.02)
+    with traces.open(fast) as a, traces.open(slow) as b:
+        worse = compare(a, b)
+        better = compare(b, a)
+    first = worse.changes[0]
+    assert (first.stop, first.layer, first.verdict) == ("ffn_out", SLOW_LAYER, "slower")
+    assert first.ratio > 5 and worse.b_step_ns > worse.a_step_ns
+    assert (better.changes[0].stop, better.changes[0].layer, better.changes[0].verdict) == ("ffn_out", SLOW_LAYER, "faster")
+    # the same run against itself: nothing beyond noise
+    with traces.open(fast) as a, traces.open(fast) as a2:
+        same = compare(a, a2)
+    assert not [c for c in same.changes if c.verdict] and all(c.ratio == 1.0 for c in same.changes)
+
+
+def test_profile_compare_command(tiny, tmp_path, capsys):
+    fast = record_profile(tmp_path / "fast.trace", tiny)
+    slow = record_profile(tmp_path / "slow.trace", tiny, slow=0.02)
+    assert main(["profile", "--compare", fast, slow, "--top", "5"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.strip().startswith("1 "))
+    assert "ffn_out" in row and f" {SLOW_LAYER} " in row and "slower" in row
+    assert main(["profile", "--compare", fast, slow, "--json"]) == 0
+    js = json.loads(capsys.readouterr().out)
+    assert js["changes"][0]["verdict"] == "slower"
+
+
+def test_profile_compare_bad_input_is_one_line(tiny, tmp_path, capsys):
+    assert main(["profile", "--compare", str(tmp_path / "nope.trace"), str(tmp_path / "nope2.trace")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    assert main(["profile", tiny, "--compare", "a", "b"]) == 2
+    assert "no model" in capsys.readouterr().err
+
+
+def made_up(per_step: dict[tuple[str, int | None], list[int]]) -> MemoryTrace:
+    """A trace whose decode steps 1..n give each (stop, layer) the listed durations."""
+    trace = MemoryTrace({})
+    n = len(next(iter(per_step.values())))
+    seq = 0
+    for step in range(n + 1):
+        for (stop, layer), ns in per_step.items():
+            trace.append(Event(seq, stop, step, layer, dur_ns=ns[step - 1] if step else ns[0]))
+            seq += 1
+    trace.finish()
+    return trace
+
+
+def test_compare_calls_a_change_only_beyond_the_runs_noise():
+    from traces.timing import compare
+
+    steady = [1_000_000] * 6
+    a = made_up({("ffn_out", 0): steady, ("qkv", 0): steady, ("attn", 0): [1_000_000, 200_000] * 3,
+                 ("rope", 0): [5_000] * 6})
+    b = made_up({("ffn_out", 0): [1_300_000] * 6,  # 30% slower, every step: news
+                 ("qkv", 0): [1_050_000] * 6,  # 5%: under the 10% floor
+                 ("attn", 0): [1_200_000, 400_000] * 3,  # median +33%, but it swings more than that
+                 ("rope", 0): [15_000] * 6})  # 3x, but 10 µs of a 3 ms step
+    verdicts = {(c.stop, c.layer): c.verdict for c in compare(a, b).changes}
+    assert verdicts == {("ffn_out", 0): "slower", ("qkv", 0): "", ("attn", 0): "", ("rope", 0): ""}
+    assert compare(a, b).changes[0].stop == "ffn_out"  # the biggest change in time first

@@ -73,6 +73,7 @@ class TensorDiff:
     kl: float | None = None  # logits only, from here down
     topk: float | None = None  # |top-10(A) ∩ top-10(B)| / 10, worst row
     top1: tuple[int, int] | None = None  # (argmax A, argmax B) of the first row that differs, else of the last
+    ties: int = 0  # sampler candidate ids: places where the order differs only between near-tied logits
 
     @property
     def top1_match(self) -> bool | None:
@@ -403,11 +404,33 @@ def _compare_events(ea: Event, eb: Event, a: Trace, b: Trace, tol: Tolerance) ->
             breach = breach or _breach(ea, "shape", name, f"{name}: shape A {list(ta.shape)} vs B {list(tb.shape)}")
             continue
         td = compare_tensors(name, ta, tb, logits=ea.stop == "logits" and name == "logits")
+        if ea.stop == "sample" and name == "ids" and td.n_diff:
+            _forgive_ties(td, ta, tb, ea.tensors.get("logits"), eb.tensors.get("logits"))
         ed.tensors.append(td)
         breach = breach or _tensor_breach(ea, td, a, b, tol)
     ed.only_b = [n for n in eb.tensors if n not in ea.tensors]
     ed.breach = breach
     return ed
+
+
+# Two engines whose logits differ by ~1e-5 may rank two near-tied tokens either way; the
+# candidate list a sampler stage shows is then the same set in another order, which is no
+# divergence (the drawn token is compared on its own). A place counts as a tie when the
+# logits shown there agree within this much (relative, with the same floor in absolute).
+TIE = 1e-4
+
+
+def _forgive_ties(td: TensorDiff, ids_a: np.ndarray, ids_b: np.ndarray, la: np.ndarray | None,
+                  lb: np.ndarray | None) -> None:
+    """Move the places where a sampler stage's candidate ids differ only by near-tied logits
+    from `n_diff` to `ties`."""
+    if la is None or lb is None or la.shape != ids_a.shape or lb.shape != ids_b.shape:
+        return
+    differ = ids_a != ids_b
+    x, y = la.astype(np.float64), lb.astype(np.float64)
+    tied = differ & (np.abs(x - y) <= TIE * np.maximum(1.0, np.abs(x)))
+    td.ties = int(np.count_nonzero(tied))
+    td.n_diff -= td.ties
 
 
 def _identity_breach(ea: Event, eb: Event, a: Trace, b: Trace, tol: Tolerance) -> Divergence | None:

@@ -21,6 +21,7 @@ from views.selection import Selection
 
 MAX_SCALAR = 200  # characters of a scalar's value shown
 FIRST_VALUES = 6
+SUMMARIES_KEPT = 256  # tensor summaries cached (EventView._summary)
 
 
 def tensor_summary(name: str, value: np.ndarray) -> Text:
@@ -47,6 +48,7 @@ class EventView(VerticalScroll):
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self._shown: tuple | None = None
+        self._summaries: dict[tuple[int, str], tuple[object, Text]] = {}  # oldest first
 
     def compose(self) -> ComposeResult:
         yield Static(id="event-title", classes="view-title")
@@ -80,9 +82,20 @@ class EventView(VerticalScroll):
                 body.append_text(assemble(" · part ", (event.part, "bold")))
             for name, value in event.tensors.items():
                 body.append_text(NL)
-                body.append_text(tensor_summary(escape_controls(name), np.asarray(value)))
+                body.append_text(self._summary(event, name))
             for name, value in event.scalars.items():
                 shown = truncate(escape_controls(repr(value) if not isinstance(value, str) else value), MAX_SCALAR)
                 body.append_text(assemble(NL, (name, "bold"), " = ", shown))
             body.append("\n")
         self.query_one("#event-body", Static).update(body)
+
+    def _summary(self, event, name: str) -> Text:
+        """tensor_summary once per event and tensor: its statistics read the whole tensor (a
+        prefill's [tokens, n_embd]), and scrubbing back and forth shows the same events again."""
+        key = (id(event), name)
+        hit = self._summaries.get(key)
+        if hit is None or hit[0] is not event:  # the event is kept with it, so its id is not reused
+            hit = self._summaries[key] = (event, tensor_summary(escape_controls(name), np.asarray(event.tensors[name])))
+            while len(self._summaries) > SUMMARIES_KEPT:
+                del self._summaries[next(iter(self._summaries))]
+        return hit[1]

@@ -22,12 +22,12 @@ from dataclasses import dataclass
 import numpy as np
 from rich.style import Style
 from rich.text import Text
-from textual.widget import Widget
 
 from traces.base import Trace
 from views import colors
 from views.format import step_kind
 from views.pieces import piece_format
+from views.lines import TextLines
 from views.safe import NL, assemble, fit
 from views.selection import Selection
 
@@ -112,7 +112,7 @@ def angle_arrow(angle: float) -> str:
     return ARROWS[int(round((angle % (2 * math.pi)) / (2 * math.pi) * 8)) % 8]
 
 
-class QKVView(Widget):
+class QKVView(TextLines):
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self._trace: Trace | None = None

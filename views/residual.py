@@ -18,17 +18,18 @@ from dataclasses import dataclass
 import numpy as np
 from rich.style import Style
 from rich.text import Text
-from textual.widget import Widget
 
 from traces.base import Trace
 from views import colors
 from views.charts import column_chart
 from views.format import bar, step_kind
 from views.pieces import piece_format
+from views.lines import TextLines
 from views.safe import NL, assemble, fit
 from views.selection import Selection
 
 CHART_ROWS = 4
+RAMP_STYLES = [Style(color=c) for c in colors.RAMP]
 PIECE_WIDTH = 10
 
 
@@ -46,8 +47,8 @@ def _last_norm(event) -> float:
     if event is None:
         return 0.0
     out = event.tensors.get("out")
-    if out is not None and out.size:
-        return float(np.linalg.norm(np.asarray(out, dtype=np.float64).reshape(-1, out.shape[-1])[-1]))
+    if out is not None and out.size:  # the last row only: a prefill's [tokens, n_embd] is not converted whole
+        return float(np.linalg.norm(np.asarray(out).reshape(-1, out.shape[-1])[-1].astype(np.float64)))
     return float(event.scalars.get("norm", 0.0) or 0.0)
 
 
@@ -79,7 +80,7 @@ def dim_map(out: np.ndarray, width: int) -> tuple[np.ndarray, int]:
     return a.reshape(a.shape[0], -1, size).max(axis=2), size
 
 
-class ResidualView(Widget):
+class ResidualView(TextLines):
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self._trace: Trace | None = None
@@ -138,11 +139,14 @@ class ResidualView(Widget):
         lines += [Text(""), assemble(("dimensions", "bold"),
                                      (f"  max |x| per {size} · top dim {hottest}: {float(np.abs(rows[:, hottest]).max()):.1f}",
                                       colors.DIM))]
-        for tid, row in zip(ids, buckets):
+        levels = np.minimum(colors.LEVELS - 1, (np.sqrt(buckets / peak) * (colors.LEVELS - 1) + 0.5).astype(int))
+        for tid, row in zip(ids, levels.tolist()):
             label = fmt.show(tid) if tid is not None else "·"
             line = Text(fit(label, PIECE_WIDTH) + " ", end="")
-            for v in row:
-                level = min(colors.LEVELS - 1, int(np.sqrt(v / peak) * (colors.LEVELS - 1) + 0.5))
-                line.append("█", Style(color=colors.RAMP[level]))
+            start = 0
+            for i in range(1, len(row) + 1):  # one span per run of equal cells
+                if i == len(row) or row[i] != row[start]:
+                    line.append("█" * (i - start), RAMP_STYLES[row[start]])
+                    start = i
             lines.append(line)
         return Text("\n", end="").join(lines)

@@ -24,13 +24,18 @@ VIEW_FOR_STOP: dict[str, str] = {
     "kv_write": "kv",
     "embed": "residual",
     "residual": "residual",
+    "grammar": "grammar",
+    "moe": "moe",
+    "mla": "mla",
 }
 # The stop a view stands for when it is picked by its key.
 STOP_FOR_VIEW: dict[str, str] = {
     "tokens": "tokenize", "attention": "attn", "logits": "logits", "residual": "residual", "qkv": "qkv",
-    "sampling": "sample", "kv": "kv_write",
+    "sampling": "sample", "kv": "kv_write", "grammar": "grammar",
+    "moe": "moe",
+    "mla": "mla",
 }
-VIEWS: tuple[str, ...] = ("tokens", "attention", "logits", "qkv", "residual", "sampling", "kv", "event", "timing")
+VIEWS: tuple[str, ...] = ("tokens", "attention", "logits", "qkv", "residual", "sampling", "kv", "grammar", "moe", "mla", "event", "timing")
 
 
 @dataclass(frozen=True)

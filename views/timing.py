@@ -8,17 +8,22 @@ since the previous stop, so the stops of a step add up to the step). Two panels:
   stop is not a per-layer one, of each layer's total). A layer slower than `SLOW_FACTOR`
   times the median of its peers, by at least 1% of the step, is an outlier (the profile's rule,
   traces/timing.py): drawn in the warning colour and named below.
+
+Next to each time, what it bought (traces/roofline.py, from the trace's info): GB/s and
+GFLOP/s, and where the trace carries the device's measured limits (`llm-inspect profile`),
+whether the stop is memory- or compute-bound and how near that roof it ran.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from statistics import median
 
 from rich.text import Text
 from textual.widget import Widget
 
 from traces.base import Trace
+from traces.roofline import Cost, CostModel, Limits, attainment, roof_text
 from traces.timing import slow_vs_peers
 from traces.schema import STOP_BY_NAME
 from views import colors
@@ -30,6 +35,7 @@ from views.selection import Selection
 SLOW_FACTOR = 2.0  # a layer this many times its peers' median is called out
 TOP_STOPS = 8
 CHART_ROWS = 6
+RATES = 23  # cells of the GB/s, GFLOP/s and roof columns
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,9 @@ class StepTiming:
     by_stop: list[tuple[str, int]]  # slowest first
     layer_stop: str  # what the layer chart shows: a stop name, or "all" for each layer's total
     by_layer: list[int]  # ns per layer, index = layer
+    stop_costs: dict[str, Cost] = field(default_factory=dict)  # what each stop moved and computed, over layers
+    layer_costs: list[Cost] = field(default_factory=list)  # the chart's, per layer
+    limits: Limits | None = None
 
     def outliers(self, factor: float = SLOW_FACTOR) -> list[tuple[int, float]]:
         """(layer, times the median) for every outlier layer, by the profile's rule (traces/timing.py)."""
@@ -51,7 +60,8 @@ class StepTiming:
         return out
 
 
-def step_timing(trace: Trace, step: int, stop: str, n_layer: int) -> StepTiming | None:
+def step_timing(trace: Trace, step: int, stop: str, n_layer: int, model: CostModel | None = None) -> StepTiming | None:
+    """`model`: the trace's cost model, when the caller keeps one (built from trace.info otherwise)."""
     events = trace.events(step) if step in trace.steps else []
     if not events:
         return None
@@ -65,7 +75,19 @@ def step_timing(trace: Trace, step: int, stop: str, n_layer: int) -> StepTiming 
         if e.layer is not None and 0 <= e.layer < layers and chart_stop in ("all", e.stop):
             by_layer[e.layer] += e.dur_ns
     ranked = sorted(by_stop.items(), key=lambda kv: -kv[1])
-    return StepTiming(step, sum(by_stop.values()), ranked, chart_stop, by_layer)
+    stop_costs: dict[str, Cost] = {}
+    layer_costs = [Cost()] * layers
+    model = model or CostModel.of(trace.info)
+    for (name, il), cost in (model.step_costs(events) if model else {}).items():
+        stop_costs[name] = stop_costs.get(name, Cost()) + cost
+        if il is not None and 0 <= il < layers and chart_stop in ("all", name):
+            layer_costs[il] += cost
+    return StepTiming(step, sum(by_stop.values()), ranked, chart_stop, by_layer, stop_costs, layer_costs,
+                      Limits.from_info(trace.info))
+
+
+def megabytes(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n / 1e3:.1f} kB"
 
 
 class TimingView(Widget):
@@ -75,6 +97,7 @@ class TimingView(Widget):
         super().__init__(**kwargs)
         self._timing: StepTiming | None = None
         self._shown: tuple | None = None
+        self._model: tuple[int, CostModel | None] = (0, None)  # (id of the trace, its cost model)
 
     def show(self, trace: Trace, selection: Selection) -> None:
         events = trace.events(selection.step) if selection.step in trace.steps else []
@@ -82,7 +105,9 @@ class TimingView(Widget):
         if key == self._shown:
             return
         self._shown = key
-        self._timing = step_timing(trace, selection.step, selection.stop, trace.n_layer)
+        if self._model[0] != id(trace):
+            self._model = (id(trace), CostModel.of(trace.info))
+        self._timing = step_timing(trace, selection.step, selection.stop, trace.n_layer, self._model[1])
         self.refresh()
 
     def render(self) -> Text:
@@ -105,6 +130,11 @@ class TimingView(Widget):
             timed = [v for v in t.by_layer if v]
             lines.append(assemble(("slowest ", colors.DIM), (f"layer {peak}", "bold"), f" {duration(t.by_layer[peak])}",
                                   (f" · median {duration(int(median(timed)))}", colors.DIM)))
+            cost = t.layer_costs[peak] if peak < len(t.layer_costs) else Cost()
+            att = attainment(cost, t.by_layer[peak], t.limits)
+            if att is not None:
+                lines.append(assemble((f"  {megabytes(cost.bytes)} · {cost.flops / 1e6:.1f} MFLOP · ", colors.DIM),
+                                      f"{att.gbps:.1f} GB/s", (f" · {roof_text(att)}" if att.bound else "", colors.DIM)))
             for il, times in sorted(hot.items(), key=lambda kv: -kv[1])[:3]:
                 lines.append(assemble(("⚠ ", colors.WARN), (f"layer {il}", colors.WARN),
                                       f" {duration(t.by_layer[il])} · {times:.1f}× the median"))
@@ -113,14 +143,21 @@ class TimingView(Widget):
 
         # Then as many of the slowest stops as the height leaves room for.
         room = max(3, min(TOP_STOPS, height - len(lines) - 2))
-        lines += [Text(""), assemble(("slowest stops", "bold"), ("  summed over layers", colors.DIM))]
         name_width = 12
-        bar_width = max(4, width - name_width - 20)
+        # The header lines up with the rows: name 12 + time 10 + share 7 = 29 cells, then the rates.
+        lines += [Text(""), assemble(("slowest stops", "bold"), (f"{' · all layers':<16}", colors.DIM),
+                                     ("  GB/s GFLOP/s     roof" if width >= 29 + RATES else "", colors.DIM))]
+        # Rates when they fit (29 + 23 cells); the bar, which only repeats the share, takes what is left.
+        with_rates = width >= 29 + RATES
+        bar_width = width - 29 - (RATES + 2 if with_rates else 0)
         slowest = t.by_stop[0][1] if t.by_stop else 1
         for name, ns in t.by_stop[:room]:
             share = ns / t.total_ns if t.total_ns else 0.0
+            att = attainment(t.stop_costs.get(name, Cost()), ns, t.limits)
+            rates = (f"{att.gbps:6.1f} {att.gflops:7.1f} {roof_text(att):>8}" if att else " " * RATES) if with_rates else ""
             lines.append(assemble(
                 (f"{name:<{name_width}}", "bold"), (f"{duration(ns):>9} ", ""), (f"{share:5.1%}  ", colors.DIM),
-                (bar(ns / slowest if slowest else 0.0, bar_width), colors.ACCENT),
+                (rates, ""), ("  " + bar(ns / slowest if slowest else 0.0, bar_width) if bar_width >= 6 else "",
+                              colors.ACCENT),
             ))
         return Text("\n", end="").join(lines)

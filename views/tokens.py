@@ -3,7 +3,8 @@
 Prompt tokens and generated tokens are told apart by colour, special tokens are flagged,
 byte-level pieces are shown decoded with visible whitespace (␣ ⏎ ⇥). The token drawn at the
 selected step is underlined; tokens drawn after it are dimmed, so scrubbing through the
-steps replays the generation.
+steps replays the generation. `}` and `{` (with the view focused: tab) replay the tokenizer's
+BPE merges one at a time (views/merges.py).
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ from dataclasses import dataclass
 from rich.cells import cell_len
 from rich.text import Text
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.widget import Widget
 from textual.widgets import Static
 
 from traces.base import Trace
 from views import colors
+from views.merges import MergeState, initial_symbols, merge_lines, replay
 from views.pieces import piece_format
 from views.safe import NL, assemble, safe, truncate
 from views.selection import Selection
@@ -115,9 +118,11 @@ class TokenChips(Widget):
         self._wrapped: tuple[int, list[Text]] | None = None  # (width, lines) of the chips set last
 
     def set_chips(self, chips: list[Text]) -> None:
+        n_lines = len(self._wrapped[1]) if self._wrapped is not None else -1
         self._chips = chips
         self._wrapped = None
-        self.refresh(layout=True)
+        # A new height needs a layout (the whole screen's); the same height only this widget's repaint.
+        self.refresh(layout=len(self._lines(self.size.width)) != n_lines)
 
     def _lines(self, width: int) -> list[Text]:
         # Layout asks for the height and then renders at the same width: wrap once, not per call.
@@ -136,17 +141,32 @@ class TokenChips(Widget):
 class TokensView(VerticalScroll):
     """Prompt text and tokens of a trace, as of the selected step."""
 
+    DEFAULT_CSS = """
+    #tokens-merges {
+        margin-top: 1;
+        height: auto;
+    }
+    """
+    BINDINGS = [
+        Binding("right_curly_bracket", "merge(1)", "next BPE merge", id="tokens.merge-next", key_display="}"),
+        Binding("left_curly_bracket", "merge(-1)", "previous BPE merge", id="tokens.merge-prev", key_display="{"),
+    ]
+
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
+        self._trace: Trace | None = None
+        self._merge: int | None = None  # merges replayed (0: the symbols before any); None: replay off
         self._shown: tuple | None = None
         self._prompt_for: tuple | None = None  # (trace, tokenize event) the prompt chips were built from
         self._prompt: list[Token] = []
         self._prompt_chips: list[Text] = []
+        self._texts: dict[str, Text] = {}  # what each Static shows (`_update`)
 
     def compose(self) -> ComposeResult:
         yield Static(id="tokens-title", classes="view-title")
         yield Static(id="tokens-prompt")
         yield TokenChips(id="tokens-chips")
+        yield Static(id="tokens-merges")
         yield Static(id="tokens-legend", classes="legend")
 
     def show(self, trace: Trace, selection: Selection) -> None:
@@ -156,6 +176,7 @@ class TokensView(VerticalScroll):
         if key == self._shown:
             return
         self._shown = key
+        self._trace = trace
         step = selection.step
         # The prompt's chips do not depend on the step: build them once per tokenize event, not per
         # keypress (a 300-token prompt's chips were half of this method's time, bench/ui.py).
@@ -183,7 +204,7 @@ class TokensView(VerticalScroll):
             title.append_text(assemble((before.text if before else "?", "bold")))
         if drawn is not None:
             title.append_text(assemble((" · out ", colors.DIM), (drawn.text, colors.CHOSEN), (f" {drawn.id}", colors.DIM)))
-        self.query_one("#tokens-title", Static).update(title)
+        self._update("#tokens-title", title)
 
         heading = assemble(("prompt", "bold"), (f" · {len(prompt)} tokens · {n_bytes} bytes UTF-8", colors.DIM))
         if text_event is not None and text_event.scalars.get("chat"):
@@ -192,7 +213,7 @@ class TokensView(VerticalScroll):
         heading.append_text(tokenizer_check_line(trace))
         heading.append("\n")
         heading.append_text(safe(prompt_text, keep_newlines=True))
-        self.query_one("#tokens-prompt", Static).update(heading)
+        self._update("#tokens-prompt", heading)
 
         chips = list(self._prompt_chips)
         if generated:
@@ -200,11 +221,63 @@ class TokensView(VerticalScroll):
             chips.extend(chip(t, step) for t in generated)
         self.query_one("#tokens-chips", TokenChips).set_chips(chips)
 
-        self.query_one("#tokens-legend", Static).update(
+        self._update("#tokens-legend",
             assemble(
                 ("  ", f"on {colors.PROMPT_BG}"), " prompt  ", ("  ", f"on {colors.GENERATED_BG}"), " generated  ",
                 ("<|…|>", colors.SPECIAL), " special  ", ("dim", "dim"), " later", NL,
                 ("␣", "bold"), " space ", ("⏎", "bold"), " newline ", ("⇥", "bold"), " tab · ",
-                ("underlined", "underline"), ": drawn now",
+                ("underlined", "underline"), ": drawn now", NL, ("{ }", "bold"), " replay the BPE merges (tab first)",
             )
         )
+        self._show_merges()
+
+    def _update(self, selector: str, text: Text) -> None:
+        """Update a Static only when its text changed: each update lays out the whole screen."""
+        if self._texts.get(selector) != text:
+            self._texts[selector] = text
+            self.query_one(selector, Static).update(text)
+
+    def action_merge(self, delta: int) -> None:
+        """Step the merge replay: `}` from off starts at the symbols before any merge, `{` from
+        there turns it off, and from off jumps to the last merge."""
+        event = self._trace.get(0, "tokenize") if self._trace is not None else None
+        n = len(event.scalars.get("merges") or []) if event is not None else 0
+        if self._merge is None:
+            self._merge = 0 if delta > 0 else n
+        elif self._merge + delta < 0:
+            self._merge = None
+        else:
+            self._merge = min(n, self._merge + delta)
+        self._show_merges()
+
+    def merge_state(self) -> MergeState | None:
+        """The replay at the current merge (the last one when replay is off); None without merges."""
+        trace = self._trace
+        event = trace.get(0, "tokenize") if trace is not None else None
+        if event is None or not event.scalars.get("merges"):
+            return None
+        special = {trace.piece(i) for i in trace.info.get("vocab", {}).get("special", []) if isinstance(i, int)}
+        symbols = initial_symbols(event, self._byte_level(), special)
+        merges = event.scalars["merges"]
+        return replay(symbols, merges, len(merges) if self._merge is None else self._merge)
+
+    def _byte_level(self) -> bool:
+        """Whether the symbols are GPT-2 byte stand-ins (the vocabulary's model says; the trace's
+        pieces are already decoded text)."""
+        model = self._trace.info.get("vocab", {}).get("model")
+        return model == "gpt2" if model else piece_format(self._trace).byte_level
+
+    def _show_merges(self) -> None:
+        panel = self.query_one("#tokens-merges", Static)
+        state = self.merge_state() if self._merge is not None else None
+        if panel.display != (self._merge is not None):
+            panel.display = self._merge is not None
+        if self._merge is None:
+            return
+        if state is None:
+            self._update("#tokens-merges", assemble(("BPE merges", "bold"),
+                                                    (" · none recorded in this trace's tokenize stop", colors.DIM)))
+            return
+        sentencepiece = self._trace.info.get("vocab", {}).get("model") == "llama"
+        lines = merge_lines(state, self._byte_level(), sentencepiece, max(20, self.size.width - 2))
+        self._update("#tokens-merges", Text("\n", end="").join(lines))

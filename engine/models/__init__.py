@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from engine.config import UnsupportedModel
+from engine.models.deepseek2 import Deepseek2
 from engine.models.gemma3 import Gemma3
 from engine.models.llama import Llama
 
@@ -12,7 +13,10 @@ ARCHITECTURES = {
     "llama": Llama,
     "qwen2": Llama,
     "qwen3": Llama,
+    "qwen2moe": Llama,  # qwen2 + experts and a gated shared expert (engine/models/moe.py)
+    "qwen3moe": Llama,  # qwen3 + experts
     "gemma3": Gemma3,
+    "deepseek2": Deepseek2,
 }
 
 

@@ -2,7 +2,9 @@
 window), qwen2 (llama + q/k/v biases, NeoX RoPE) and qwen3 (llama + a per-head RMSNorm of q
 and k before RoPE, NeoX RoPE). What tells them apart is in the file: a bias or a QK-norm
 weight is used when the GGUF has it (llama.cpp's graphs add `bq`, `attn_q_norm`, ... the same
-way), and the RoPE layout comes with the architecture (ModelArgs.rope_neox).
+way), and the RoPE layout comes with the architecture (ModelArgs.rope_neox). The same goes for
+experts: a layer whose file has a router (`ffn_gate_inp`) runs a mixture of experts
+(engine/models/moe.py) instead of the dense SwiGLU: llama with experts (Mixtral), qwen2moe, qwen3moe.
 
 One forward pass over the layer stack, read top to bottom like llama2.c's `transformer()`;
 every intermediate that has a stop is handed to the hook bus, but only when somebody
@@ -24,6 +26,7 @@ from engine.config import ModelArgs
 from engine.hooks import HookBus
 from engine.kv_cache import KVCache
 from engine.models.layers import attention_mask, logit_lens, rope
+from engine.models.moe import Routing, moe_ffn
 from engine.numerics import Numerics
 
 
@@ -36,6 +39,8 @@ class Llama:
         self.lens = False  # emit the logit lens at every layer (TorchEngine(lens=True), --lens)
         # Tied embeddings: llama.cpp uses token_embd as the output matrix when output.weight is absent.
         self.output_name = "output" if "output.weight" in weights else "token_embd"
+        # Mixtral-style llama, qwen2moe, qwen3moe: the expert settings every MoE layer shares.
+        self.routing = Routing.from_args(args) if args.n_expert else None
 
     def linear(self, x: torch.Tensor, name: str) -> torch.Tensor:
         """x @ <name>.weight.T, plus <name>.bias where the file has one (qwen2's q, k, v)."""
@@ -101,9 +106,11 @@ class Llama:
             h = num.rms_norm(x, w[p + "ffn_norm.weight"], a.rms_eps)
             if bus.wants("ffn_norm", il):
                 bus.emit("ffn_norm", step, il, tensors={"out": h})
-            # SwiGLU: silu(gate) * up, then down.
-            gate = self.linear(h, p + "ffn_gate")
-            ffn_out = self.linear(num.swiglu(gate, self.linear(h, p + "ffn_up")), p + "ffn_down")
+            if p + "ffn_gate_inp.weight" in w:  # a router: this layer's FFN is a mixture of experts
+                ffn_out = moe_ffn(num, w, p, h, self.routing, bus, step, il)
+            else:  # SwiGLU: silu(gate) * up, then down.
+                gate = self.linear(h, p + "ffn_gate")
+                ffn_out = self.linear(num.swiglu(gate, self.linear(h, p + "ffn_up")), p + "ffn_down")
             if bus.wants("ffn_out", il):
                 bus.emit("ffn_out", step, il, tensors={"out": ffn_out})
             x = x + ffn_out

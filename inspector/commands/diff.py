@@ -3,6 +3,12 @@
     llm-inspect diff a.trace b.trace                 the diff screen (heatmap, token streams)
     llm-inspect diff a.trace b.trace --headless      per-stop table and the first divergence
     llm-inspect diff a.trace b.trace --json          everything, for scripts and CI
+    llm-inspect diff --engines torch,llama.cpp MODEL "prompt" [-n 32] [--headless | --json]
+                                                     run both engines greedy, same capture, and diff them
+
+With --engines the two runs are made here, one after the other, into in-memory traces
+(traces/live.py): the same prompt, greedy, the same --capture, so every stop both engines
+emit lines up; nothing is written unless --record-a/--record-b say where.
 
 Exit codes, with --headless or --json: 0 the runs agree (every aligned event within the
 tolerance, and nothing left unaligned but tensors one side did not capture), 1 they
@@ -22,8 +28,18 @@ EXIT_SAME, EXIT_DIFFER = 0, 1
 def parser() -> Parser:
     p = Parser(prog="llm-inspect diff", description="Compare two traces stop by stop; find where they part.",
                epilog="exit status (--headless, --json): 0 same, 1 differ, 2 error")
-    p.add_argument("a", metavar="A.trace")
-    p.add_argument("b", metavar="B.trace")
+    p.add_argument("a", metavar="A.trace|MODEL", help="a trace, or with --engines the model (.gguf)")
+    p.add_argument("b", nargs="?", metavar="B.trace|PROMPT", help="a trace, or with --engines the prompt")
+    runs = p.add_argument_group("--engines", "run one model in two engines and diff the runs")
+    runs.add_argument("--engines", metavar="E1,E2", help="two of: torch, llama.cpp (e.g. torch,llama.cpp)")
+    runs.add_argument("-n", "--n-predict", type=int, default=32, help="tokens to generate (default 32)")
+    runs.add_argument("--capture", default="default", metavar="SPEC", help="what both runs capture "
+                      "(llm-inspect --help: capture; default: default)")
+    runs.add_argument("--threads", type=int, metavar="N", help="llama.cpp's threads (default: every core)")
+    runs.add_argument("--flash-attn", action="store_true",
+                      help="run llama.cpp with flash attention, its CPU default (f16 K·Q and ·V: Gemma 3's logits "
+                           "move by ~1e-2 in cosine); without it, llama.cpp runs the graph the torch engine follows")
+    runs.add_argument("-c", "--ctx-size", type=int, default=0, help="context size (default: the model's, at most 4096)")
     p.add_argument("--headless", action="store_true", help="no UI: print the per-stop table and the first divergence")
     p.add_argument("--json", action="store_true", help="no UI: print the whole result as JSON")
     p.add_argument("--tol-cos", type=float, default=0.999, metavar="C",
@@ -54,8 +70,13 @@ def main(args) -> int:
     from traces.reader import TraceError
 
     tol = tolerance(args)
-    a = open_trace_or_fail(args.a)
-    b = open_trace_or_fail(args.b)
+    if args.engines:
+        a, b = engine_traces(args)
+    else:
+        if args.b is None:
+            raise CliError("diff needs two traces (A.trace B.trace), or --engines E1,E2 MODEL [PROMPT]")
+        a = open_trace_or_fail(args.a)
+        b = open_trace_or_fail(args.b)
     try:
         result = diff_traces(a, b, tol)
     except TraceError as e:
@@ -71,6 +92,58 @@ def main(args) -> int:
         make_diff_app(a, b, result).run()
         return EXIT_SAME
     return EXIT_SAME if result.same else EXIT_DIFFER
+
+
+def engine_traces(args):
+    """Run args.a (a model) on both --engines, greedy, into two in-memory traces."""
+    import argparse
+
+    from inspector.commands.run import ENGINES
+    from inspector.common import DEFAULT_PROMPT
+
+    names = [e.strip() for e in args.engines.split(",")]
+    if len(names) != 2 or any(e not in ENGINES for e in names):
+        raise CliError(f"--engines takes two of {', '.join(ENGINES)} joined by a comma, not {args.engines!r}")
+    if args.n_predict < 1:
+        raise CliError("-n must be at least 1")
+    prompt = DEFAULT_PROMPT if args.b is None else args.b
+    traces = []
+    for name in names:
+        run = argparse.Namespace(model=args.a, prompt=prompt, n_predict=args.n_predict, headless=True, engine=name,
+                                 threads=args.threads if name == "llama.cpp" else None, device="cpu",
+                                 dtype="float32", numerics="llamacpp", ctx_size=args.ctx_size, lens=False,
+                                 capture=args.capture, max_trace_size="none", attn_weights=not args.flash_attn)
+        traces.append(engine_trace(run))
+    return traces[0], traces[1]
+
+
+def engine_trace(run):
+    """One greedy run of `run.engine` under the capture policy, as a MemoryTrace."""
+    from engine.hooks import HookBus
+    from inspector.commands.run import capture_policy, open_engine
+    from traces.live import MemoryTrace
+
+    policy, max_bytes = capture_policy(run)
+    bus = HookBus()
+    engine = open_engine(run, bus)
+    try:
+        n_tokens = len(engine.encode(run.prompt))
+        info = engine.info(run.prompt, run.n_predict)
+        policy = policy.bind(info["model"], n_tokens, max_bytes)
+        trace = MemoryTrace(info, capture=policy, max_bytes=max_bytes)
+        bus.set_filter(policy.wants)
+        bus.tensor_filter = policy.keeps_tensors
+        bus.add(trace)
+        for _ in engine.generate(run.prompt, run.n_predict):
+            pass
+    except ValueError as e:
+        raise CliError(f"{run.engine}: {e}") from None
+    finally:
+        close = getattr(engine, "close", None)
+        if close:
+            close()
+    trace.finish()
+    return trace
 
 
 def table(d) -> str:

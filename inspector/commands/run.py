@@ -37,12 +37,39 @@ def parser() -> Parser:
     p.add_argument("--check-tokenizer", action="store_true", help="also tokenize the prompt with llama.cpp "
                    "(≈1 s to load its vocabulary); if the two disagree, run llama.cpp's ids and show where")
     add_sampling_flags(p)
+    add_grammar_flags(p)
     add_capture_flags(p)
     return p
 
 
+def add_grammar_flags(p: Parser) -> None:
+    group = p.add_argument_group(
+        "grammar", "Constrain every draw to what a grammar allows (llama.cpp's grammar, engine/grammar.py); "
+                   "the grammar view (m) shows the allowed tokens per step. Checked before the model loads.")
+    one = group.add_mutually_exclusive_group()
+    one.add_argument("--grammar", metavar="FILE", help="a GBNF grammar file (llama.cpp's format; the rule 'root' starts)")
+    one.add_argument("--json-schema", metavar="FILE", help="a JSON schema file: the output is JSON matching it "
+                                                          "(converted to GBNF as llama.cpp does)")
+
+
+def grammar_source(args):
+    """The run's grammar (engine/grammar.py GrammarSource), parsed and checked now, or None."""
+    if not (getattr(args, "grammar", None) or getattr(args, "json_schema", None)):
+        return None
+    from engine.grammar import GrammarError, load_gbnf, load_schema
+
+    try:
+        return load_gbnf(args.grammar) if args.grammar else load_schema(args.json_schema)
+    except GrammarError as e:
+        raise CliError(str(e)) from None
+
+
 def add_engine_flags(p: Parser) -> None:
-    """How the torch engine runs: the flags every command that runs a model shares (run, profile)."""
+    """Which engine runs and how: the flags every command that runs a model shares (run, profile)."""
+    p.add_argument("--engine", default="torch", choices=list(ENGINES),
+                   help="torch: our engine, every stop computed in torch; llama.cpp: the model runs in llama.cpp "
+                        "(llama-cpp-python), its graph's nodes captured as the same stops (default torch)")
+    p.add_argument("--threads", type=int, metavar="N", help="llama.cpp's threads (default: every core)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--numerics", default="llamacpp", choices=["llamacpp", "llamacpp-fast", "exact"],
@@ -127,9 +154,46 @@ def prompt_only(args) -> None:
         args.model, args.prompt = None, model
 
 
-def open_engine(args, bus):
-    """The torch engine for args.model. Its weights dequantize in the background (engine/weights.py),
-    so this returns in a fraction of a second once torch is imported."""
+ENGINES = ("torch", "llama.cpp")
+# Flags only the torch engine reads: (default, why llama.cpp refuses anything else).
+TORCH_ONLY = {
+    "dtype": ("float32", "llama.cpp computes in float32 on the file's quantized weights"),
+    "numerics": ("llamacpp", "llama.cpp's numerics are llama.cpp's own"),
+    "lens": (False, "the logit lens needs the LM head at every layer, which llama.cpp's graph does not have"),
+}
+
+
+def open_llamacpp(args, bus, path: str):
+    """The llama.cpp engine (engine/llamacpp_engine.py); torch-only flags are refused, by name."""
+    for flag, (default, why) in TORCH_ONLY.items():
+        if getattr(args, flag, default) != default:
+            raise CliError(f"--{flag} is for --engine torch: {why}")
+    from engine.config import UnsupportedModel
+    from engine.gguf_file import GGUFError
+    from engine.llamacpp_engine import LlamaCppEngine, LlamaCppError
+
+    attn_weights = getattr(args, "attn_weights", None)
+    if attn_weights is None:
+        # Flash attention (llama.cpp's default) goes off only when the capture keeps attention weights:
+        # only then does the graph have kq_soft_max.
+        attn_weights = getattr(args, "capture", None) is not None and "attn" in capture_policy(args)[0].stops
+    try:
+        return LlamaCppEngine(path, n_ctx=args.ctx_size, bus=bus, threads=args.threads, device=args.device,
+                              attn_weights=attn_weights)
+    except LlamaCppError as e:
+        raise CliError(str(e)) from None
+    except (GGUFError, UnsupportedModel) as e:
+        raise CliError(f"{path}: {e}") from None
+
+
+def open_engine(args, bus, defer_torch: bool = False):
+    """The engine for args.model: torch's (its weights dequantize in the background, engine/weights.py,
+    so this returns in a fraction of a second once torch is imported) or llama.cpp's (--engine).
+
+    `defer_torch`: where nothing that needs torch can fail (--device cpu, an architecture and
+    weight types the torch engine runs), return the `ModelFile` read without torch (~2 s to
+    import here) instead; `load_torch_engine` finishes it, in the app's engine thread while
+    the tokens view is already on screen."""
     prompt_only(args)
     path = args.model or demo_model()
     if not os.path.exists(path):  # checked before torch is imported: a typo fails at once
@@ -142,6 +206,15 @@ def open_engine(args, bus):
         # The app's imports (Textual, ~0.4 s) go on in a thread while torch's (~1.3 s) and the
         # model's opening take this one: the app shows sooner (bench/startup.py).
         threading.Thread(target=importlib.import_module, args=("inspector.app",), daemon=True).start()
+
+    if getattr(args, "engine", "torch") == "llama.cpp":
+        return open_llamacpp(args, bus, path)
+    if getattr(args, "threads", None) is not None:
+        raise CliError("--threads is for --engine llama.cpp (torch uses its own thread pool)")
+
+    if defer_torch and args.device == "cpu":  # the one device whose check needs no torch
+        model = open_model_file(args, path, bus)
+        return model if model.torch_can_run() else load_torch_engine(args, model)
 
     from engine.config import UnsupportedModel
     from engine.gguf_file import GGUFError
@@ -159,6 +232,40 @@ def open_engine(args, bus):
         raise CliError(f"{path}: {e}") from None
 
 
+def open_model_file(args, path: str, bus):
+    """The GGUF's header and tokenizer, no torch (engine/model_file.py). An architecture it does
+    not know to be the torch engine's is checked by the engine's own registry, which needs torch."""
+    from engine.config import UnsupportedModel
+    from engine.gguf_file import GGUFError
+    from engine.model_file import TORCH_ARCHITECTURES, ModelFile
+
+    def check_arch(arch: str) -> None:
+        if arch not in TORCH_ARCHITECTURES:
+            from engine.models import model_class
+
+            model_class(arch)  # UnsupportedModel, naming the ones that are
+
+    try:
+        return ModelFile(path, n_ctx=args.ctx_size, bus=bus, check_arch=check_arch)
+    except (GGUFError, UnsupportedModel) as e:
+        raise CliError(f"{path}: {e}") from None
+
+
+def load_torch_engine(args, model):
+    """The torch engine on a ModelFile read by `open_engine(..., defer_torch=True)`; imports torch."""
+    from engine.config import UnsupportedModel
+    from engine.quants import UnsupportedQuant
+    from engine.torch_engine import TorchEngine
+
+    try:
+        engine = TorchEngine(model, device=args.device, dtype=args.dtype, numerics=args.numerics)
+    except (UnsupportedModel, UnsupportedQuant) as e:
+        raise CliError(f"{model.path}: {e}") from None
+    if args.lens:
+        engine.model.lens = True
+    return engine
+
+
 def main(args) -> int:
     from engine.controller import Breakpoint, RunController
     from engine.hooks import HookBus
@@ -171,13 +278,22 @@ def main(args) -> int:
     except ValueError as e:
         raise CliError(str(e)) from None
     params, stops = sampling(args)  # a bad flag fails here, before the model loads
+    grammar = grammar_source(args)  # and a bad grammar or schema
     policy, max_bytes = capture_policy(args)
     bus = HookBus()
-    engine = open_engine(args, bus)
+    # The app's first paint needs no torch: a live run without --record gets the model file now and
+    # the torch engine in the engine's thread, while the tokens view is on screen (bench/startup.py).
+    engine = open_engine(args, bus, defer_torch=not args.headless and not args.record)
+    deferred = not hasattr(engine, "generate")  # a ModelFile: load_torch_engine comes in run_engine
     if args.chat or args.chat_template:
         engine.chat = args.chat_template or ""
     engine.check_tokenizer = args.check_tokenizer
-    engine.model.lens = args.lens
+    if grammar is not None:  # its vocabulary loads (vocab-only, in llama.cpp) on the first step
+        from engine.grammar import Grammar
+
+        engine.grammar = Grammar(grammar, model_path=engine.path)
+    if args.lens and not deferred:  # open_engine refused --lens for an engine without it
+        engine.model.lens = True
     try:
         n_tokens = len(engine.encode(args.prompt))  # renders the chat template: a broken one fails here
     except ValueError as e:
@@ -185,6 +301,10 @@ def main(args) -> int:
     if n_tokens + args.n_predict > engine.n_ctx:
         raise CliError(f"the prompt ({n_tokens} tokens) plus -n {args.n_predict} do not fit the context of {engine.n_ctx}")
     info = engine.info(args.prompt, args.n_predict, sampler=params, stop=stops)
+    if grammar is not None:
+        info["grammar"] = engine.grammar.describe()
+    if deferred:  # what is known before torch loads; run_engine adds the rest (threads, numerics that ran)
+        info["engine"].update(name="torch", device=args.device, dtype=args.dtype, numerics_requested=args.numerics)
     try:
         policy = policy.bind(info["model"], n_tokens, max_bytes, itemsize=2 if args.dtype == "float16" else 4)
     except ValueError as e:
@@ -231,9 +351,31 @@ def main(args) -> int:
     bus.add(controller)
 
     def run_engine() -> None:
+        nonlocal engine
         done = False
         try:
-            for _ in engine.generate(args.prompt, args.n_predict, sampler=params, stop=stops):
+            kwargs = {}
+            if deferred:
+                # torch's import (~2 s) mostly holds the GIL, which slows the UI thread to a crawl:
+                # it starts once the tokens are on screen, or after a second (paused at a breakpoint
+                # in text or tokenize, the import goes on while the person reads).
+                shown = threading.Event()
+
+                def import_torch() -> None:
+                    shown.wait(timeout=1.0)
+                    importlib.import_module("engine.torch_engine")
+
+                threading.Thread(target=import_torch, daemon=True).start()
+                bus.start_step()
+                kwargs["ids"] = engine.encode(args.prompt)
+                try:
+                    app.call_from_thread(app.show_now, shown.set)
+                except RuntimeError:  # the app has stopped
+                    shown.set()
+                shown.wait(timeout=1.0)
+                engine = load_torch_engine(args, engine)
+                info["engine"].update(engine.describe_engine())
+            for _ in engine.generate(args.prompt, args.n_predict, sampler=params, stop=stops, **kwargs):
                 pass
             done = True
         finally:
@@ -242,5 +384,6 @@ def main(args) -> int:
             if writer:
                 writer.close(complete=done)
 
-    make_app(trace, controller=controller, run=run_engine).run()
+    app = make_app(trace, controller=controller, run=run_engine)
+    app.run()
     return 0

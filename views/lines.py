@@ -1,0 +1,79 @@
+"""A widget drawn from rich Text through Textual's line API, each line's Strip made once.
+
+A plain `Widget.render()` returning Text is turned back into strips by Textual on every
+repaint, through its general content path (markup, wrapping, styles per span): for a view of
+40 coloured lines that was most of a keypress (bench/ui.py). `TextLines` takes the same
+`render()` and caches one Strip per line until the widget is refreshed or resized, as toolong's
+log view does with its rows.
+"""
+
+from __future__ import annotations
+
+from rich.segment import Segment
+from rich.style import Style
+from rich.text import Text
+from textual.geometry import Size
+from textual.strip import Strip
+from textual.widget import Widget
+
+
+class TextLines(Widget):
+    """Subclasses implement `render() -> Text` (lines cut at the widget's width, not wrapped) and
+    call `refresh()` when what they show changes."""
+
+    _strips: tuple[Size, list[Strip]] | None = None
+
+    def refresh(self, *regions, **kwargs):
+        self._strips = None  # whatever asked for a repaint may have changed the lines
+        return super().refresh(*regions, **kwargs)
+
+    def render_line(self, y: int) -> Strip:
+        size = self.size
+        if self._strips is None or self._strips[0] != size:
+            self._strips = (size, self._render_strips(size.width))
+        strips = self._strips[1]
+        return strips[y] if y < len(strips) else Strip.blank(size.width, self.rich_style)
+
+    def _render_strips(self, width: int) -> list[Strip]:
+        text = self.render()
+        if not isinstance(text, Text):
+            text = Text(str(text))
+        base = self.rich_style
+        styles: dict = {}  # span style -> base + it: a view repeats a few styles over many spans
+        out = []
+        for line in text.split("\n", allow_blank=True):
+            segments = _segments(line, base, styles) or [Segment(s.text, base + s.style if s.style else base)
+                                                          for s in line.render(self.app.console, end="") if s.text]
+            out.append(Strip(segments).adjust_cell_length(width, base))
+        return out
+
+
+def _segments(line: Text, base: Style, styles: dict) -> list[Segment] | None:
+    """The line's segments straight from its spans, when they do not overlap (how the views
+    build their lines); None otherwise, for rich's general renderer."""
+    plain, spans = line.plain, sorted(line.spans, key=lambda s: s.start)
+    outer = line.style
+
+    def style(span_style) -> Style:
+        key = (outer, span_style)
+        got = styles.get(key)
+        if got is None:
+            got = base
+            for s in (outer, span_style):
+                if s:
+                    got = got + (Style.parse(s) if isinstance(s, str) else s)
+            styles[key] = got
+        return got
+
+    out, pos = [], 0
+    for span in spans:
+        if span.start < pos:
+            return None
+        if span.start > pos:
+            out.append(Segment(plain[pos:span.start], style(None)))
+        if span.end > span.start:
+            out.append(Segment(plain[span.start:span.end], style(span.style)))
+        pos = max(pos, span.end)
+    if pos < len(plain):
+        out.append(Segment(plain[pos:], style(None)))
+    return out
