@@ -28,7 +28,7 @@ import numpy as np
 from gguf import ExpertGatingFuncType, GGMLQuantizationType, GGUFWriter, RopeScalingType
 from gguf.quants import quantize
 
-from tests.tiny_models import tiny_vocab
+from tests.tiny_models import add_tiny_tokenizer, tiny_vocab
 
 N_EMBD, N_HEAD = 64, 4
 KV_LORA_RANK, N_ROT, QK_NOPE, V_HEAD = 48, 16, 16, 16
@@ -56,8 +56,7 @@ def write_tiny_deepseek2(
     the converter's convention; 0 or absent: no multiplier key)."""
     rng = np.random.default_rng(seed)
     n_dense = n_layer if n_dense is None else n_dense
-    tokens, types, merges = tiny_vocab()
-    n_vocab = len(tokens)
+    n_vocab = len(tiny_vocab()[0])
     k_head = QK_NOPE + N_ROT  # a query head's width: the no-RoPE part, then the RoPE part
     w = GGUFWriter(str(path), "deepseek2")
     w.add_name("tiny-deepseek2")
@@ -104,14 +103,7 @@ def write_tiny_deepseek2(
             w.add_expert_weights_scale(1.0)
     w.add_vocab_size(n_vocab)
     w.add_file_type(int(qtype))
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_merges(merges)
-    w.add_bos_token_id(n_vocab - 3)
-    w.add_eos_token_id(n_vocab - 1)
-    w.add_add_bos_token(False)
+    add_tiny_tokenizer(w, n_vocab)
 
     def tensor(name: str, shape: tuple[int, ...], scale: float, kind=qtype) -> None:
         data = (rng.standard_normal(shape) * scale).astype(np.float32)

@@ -50,6 +50,20 @@ def tiny_vocab() -> tuple[list[str], list[int], list[str]]:
     return tokens + SPECIALS, types, MERGES
 
 
+def add_tiny_tokenizer(w, n_vocab: int) -> None:
+    """The tokenizer section every tiny model shares: tiny_vocab() as a byte-level BPE, BOS and EOS
+    near the end, no BOS added (n_vocab must be tiny_vocab()'s size)."""
+    tokens, types, merges = tiny_vocab()
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    w.add_bos_token_id(n_vocab - 3)
+    w.add_eos_token_id(n_vocab - 1)
+    w.add_add_bos_token(False)
+
+
 def write_tiny_llama(
     path: Path,
     seed: int = 0,
@@ -68,8 +82,7 @@ def write_tiny_llama(
     An architecture not in the table gets llama's tensors under its own name (for the
     unsupported-architecture error)."""
     rng = np.random.default_rng(seed)
-    tokens, types, merges = tiny_vocab()
-    n_vocab = len(tokens)
+    n_vocab = len(tiny_vocab()[0])
     head_dim = n_embd // n_head
     w = GGUFWriter(str(path), arch)
     w.add_name(f"tiny-{arch}")
@@ -89,14 +102,7 @@ def write_tiny_llama(
         w.add_final_logit_softcapping(final_softcap)
     w.add_vocab_size(n_vocab)
     w.add_file_type(int(qtype))
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_merges(merges)
-    w.add_bos_token_id(n_vocab - 3)
-    w.add_eos_token_id(n_vocab - 1)
-    w.add_add_bos_token(False)
+    add_tiny_tokenizer(w, n_vocab)
 
     def matrix(name: str, n_out: int, n_in: int, scale: float) -> None:
         data = (rng.standard_normal((n_out, n_in)) * scale).astype(np.float32)

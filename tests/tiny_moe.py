@@ -24,7 +24,7 @@ import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter
 from gguf.quants import quantize
 
-from tests.tiny_models import tiny_vocab
+from tests.tiny_models import add_tiny_tokenizer, tiny_vocab
 
 KINDS = {"mixtral": "llama", "qwen2moe": "qwen2moe", "qwen3moe": "qwen3moe"}
 
@@ -52,8 +52,7 @@ def write_tiny_moe(
         raise ValueError(f"unknown tiny MoE kind {kind!r} (one of {', '.join(KINDS)})")
     arch = KINDS[kind]
     rng = np.random.default_rng(seed)
-    tokens, types, merges = tiny_vocab()
-    n_vocab = len(tokens)
+    n_vocab = len(tiny_vocab()[0])
     head_dim = n_embd // n_head
     width = n_ff if kind == "mixtral" else n_ff_exp
     w = GGUFWriter(str(path), arch)
@@ -75,14 +74,7 @@ def write_tiny_moe(
         w.add_expert_shared_feed_forward_length(n_ff_shexp)
     w.add_vocab_size(n_vocab)
     w.add_file_type(int(qtype))
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_merges(merges)
-    w.add_bos_token_id(n_vocab - 3)
-    w.add_eos_token_id(n_vocab - 1)
-    w.add_add_bos_token(False)
+    add_tiny_tokenizer(w, n_vocab)
 
     def tensor(name: str, shape: tuple[int, ...], scale: float, t: GGMLQuantizationType) -> None:
         data = (rng.standard_normal(shape) * scale).astype(np.float32)
