@@ -27,9 +27,9 @@ from engine.llamacpp_graph import LlamaGraph
 from engine.llamacpp_stops import StopCapture
 from engine.model_file import ModelFile
 from engine.sampler import SamplerParams
-from engine.stream import TextStream
+from engine.stream import StepResult, TextStream, release
 from engine.tokenizer import _quiet_llama_cpp
-from engine.torch_engine import NumericalError, StepResult
+from engine.torch_engine import NumericalError
 
 
 class LlamaCppError(ValueError):
@@ -169,21 +169,9 @@ class LlamaCppEngine(ModelFile):
             pos += len(inputs)
             token = chain.sample(logits, history, step, bus)
             history.append(token)
-            if bus.wants("sample"):
-                bus.emit("sample", step, token=token, piece=tok.token_text(token))
-            eos = token in tok.eos_ids
-            text = "" if eos else stream.push(tok.piece_bytes(token))
-            finished = ("eos" if eos else "stop" if stream.matched is not None
-                        else "length" if step == n_predict - 1 else None)
-            if finished in ("eos", "length"):
-                text += stream.flush()
-            if bus.wants("stop"):
-                bus.emit("stop", step, eos=eos, reason=finished or "", matched=stream.matched or "",
-                         held=stream.stops.held, partial=stream.stops.partial)
-            if bus.wants("stream"):
-                bus.emit("stream", step, text=text, held=stream.held.hex(), held_stop=stream.stops.held)
-            yield StepResult(step, token, text, finished)
-            if finished:
+            result = release(bus, tok, stream, step, token, last=step == n_predict - 1)
+            yield result
+            if result.stop:
                 return
             inputs = [token]
 

@@ -10,9 +10,18 @@ stop shows what was released and what is held, of each kind.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 from engine.stop import StopMatcher
+
+
+@dataclass
+class StepResult:
+    step: int
+    token: int
+    text: str  # newly released text (may be "" while a UTF-8 character is incomplete)
+    stop: str | None  # on the last step: "eos", "stop" (a stop string) or "length"; else None
 
 
 def utf8_complete_prefix(data: bytes) -> int:
@@ -52,3 +61,22 @@ class TextStream:
         if self.matched is not None:
             return ""
         return self.stops.push(tail) + self.stops.flush()
+
+
+def release(bus, tok, stream: TextStream, step: int, token: int, last: bool) -> StepResult:
+    """The end of a step, the same in every engine: the drawn token becomes text, EOS and the stop
+    strings are matched, and the sample, stop and stream stops are emitted. `last`: the step is
+    the final one -n allows. `tok` is anything with eos_ids, token_text and piece_bytes."""
+    if bus.wants("sample"):
+        bus.emit("sample", step, token=token, piece=tok.token_text(token))
+    eos = token in tok.eos_ids
+    text = "" if eos else stream.push(tok.piece_bytes(token))
+    finished = "eos" if eos else "stop" if stream.matched is not None else "length" if last else None
+    if finished in ("eos", "length"):
+        text += stream.flush()  # what was held back cannot become a stop string now
+    if bus.wants("stop"):
+        bus.emit("stop", step, eos=eos, reason=finished or "", matched=stream.matched or "",
+                 held=stream.stops.held, partial=stream.stops.partial)
+    if bus.wants("stream"):
+        bus.emit("stream", step, text=text, held=stream.held.hex(), held_stop=stream.stops.held)
+    return StepResult(step, token, text, finished)

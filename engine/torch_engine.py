@@ -9,7 +9,6 @@ trace's info) is engine/model_file.py's `ModelFile`, which `TorchEngine` extends
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 import torch
@@ -20,19 +19,11 @@ from engine.model_file import ModelFile, vocab_pieces  # noqa: F401 (vocab_piece
 from engine.models import model_class
 from engine.numerics import Numerics
 from engine.sampler import Sampler, SamplerParams
-from engine.stream import TextStream
+from engine.stream import StepResult, TextStream, release  # noqa: F401 (StepResult: re-exported)
 
 if TYPE_CHECKING:
     from engine.grammar import Grammar
 from engine.weights import Weights, check_weights, device_and_dtype, load_weights
-
-
-@dataclass
-class StepResult:
-    step: int
-    token: int
-    text: str  # newly released text (may be "" while a UTF-8 character is incomplete)
-    stop: str | None  # on the last step: "eos", "stop" (a stop string) or "length"; else None
 
 
 class NumericalError(ValueError):
@@ -145,21 +136,9 @@ class TorchEngine(ModelFile):
             pos += len(inputs)
             token = chain.sample(logits, history, step, bus)
             history.append(token)
-            if bus.wants("sample"):
-                bus.emit("sample", step, token=token, piece=tok.token_text(token))
-            eos = token in tok.eos_ids
-            text = "" if eos else stream.push(tok.piece_bytes(token))
-            finished = ("eos" if eos else "stop" if stream.matched is not None
-                        else "length" if step == n_predict - 1 else None)
-            if finished in ("eos", "length"):
-                text += stream.flush()  # what was held back cannot become a stop string now
-            if bus.wants("stop"):
-                bus.emit("stop", step, eos=eos, reason=finished or "", matched=stream.matched or "",
-                         held=stream.stops.held, partial=stream.stops.partial)
-            if bus.wants("stream"):
-                bus.emit("stream", step, text=text, held=stream.held.hex(), held_stop=stream.stops.held)
+            result = release(bus, tok, stream, step, token, last=step == n_predict - 1)
             bus.end_step()  # a GPU step's events get their times (engine/hooks.py)
-            yield StepResult(step, token, text, finished)
-            if finished:
+            yield result
+            if result.stop:
                 return
             inputs = [token]
