@@ -80,7 +80,7 @@ def open_mode(path: str, mode: str, threads: int):
     counter = Counter()
     engine.bus.add(counter)
     if mode == "default, splits only":
-        engine.capture = SplitsOnly(engine.bus, engine.args, engine.flash_attn, engine.n_ctx)
+        engine.capture = SplitsOnly(engine.bus, engine.args, engine.flash_attn, engine.n_ctx, weights=engine.gguf.tensors)
         engine.graph.observer = engine.capture
     return engine, counter
 

@@ -91,7 +91,7 @@ class LlamaCppEngine(ModelFile):
         except RuntimeError as e:
             raise LlamaCppError(str(e)) from None
         self._reference = _LlamaTokenizer(self.graph)  # ModelFile.encode's reference: llama_tokenize
-        self.capture = StopCapture(self.bus, self.args, self.flash_attn, self.n_ctx)
+        self.capture = StopCapture(self.bus, self.args, self.flash_attn, self.n_ctx, weights=self.gguf.tensors)
         self.graph.observer = self.capture
         self.load_s["llama.cpp"] = time.perf_counter() - clock
 

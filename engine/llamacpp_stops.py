@@ -29,6 +29,17 @@ why both spellings are accepted where we know of two.
     logits     logits    MUL       result_norm, MUL_MAT result_output: not asked for; the logits
                                    are read after llama_decode (llama_get_logits), no split
 
+Mixture-of-experts layers (llama.cpp's build_moe_ffn; `moe_rules`, picked by the routing):
+
+    moe        router_logits MUL_MAT  ffn_moe_logits-N              [T, n_expert]
+               probs     SOFT_MAX  ffn_moe_probs-N (UNARY: sigmoid) [T, n_expert]
+               experts   VIEW      ffn_moe_topk-N (of the ARGSORT)  [T, k] int32
+               weights   GET_ROWS  ffn_moe_weights-N                [T, k, 1] (as [T, k])
+                         DIV       ffn_moe_weights_norm-N (norm_w)  [T, k]
+                         SCALE     ffn_moe_weights_scaled-N (scale) [T, k, 1]
+    ffn_out    out       ADD       ffn_moe_out-N (no shared expert; CONT when k = 1)
+                         ADD       ffn_out-N (+ the shared expert: qwen2moe, deepseek2)
+
 Every node asked for splits llama.cpp's graph (the scheduler computes up to it, syncs, calls
 back), so `StopCapture.ask` says yes only to nodes of stops the hook bus wants (`bus.wants`),
 and reads a node's data only when its tensors are kept or a scalar needs them.
@@ -44,6 +55,7 @@ import numpy as np
 from engine.config import ModelArgs
 from engine.hooks import HookBus
 from engine.llamacpp_graph import node_name, node_op, node_shape, node_src, read_node, view_node
+from engine.models.moe import Routing
 
 
 @dataclass(frozen=True)
@@ -88,8 +100,8 @@ ARCH_RULES: dict[str, tuple[NodeRule, ...]] = {
 # The logits stop's nodes: in the table for the record, never asked for (llama_get_logits has them).
 HEAD_NODES: tuple[tuple[str, str], ...] = (("result_norm", "MUL"), ("result_output", "MUL_MAT"))
 
-# Stops whose scalars need the node's data even when its tensors are not kept.
-_SCALAR_DATA = {"embed", "attn", "residual"}
+# Stops whose scalars need the node's data even when its tensors are not kept (moe: the load).
+_SCALAR_DATA = {"embed", "attn", "residual", "moe"}
 
 
 def rules_for(arch: str, flash_attn: bool) -> tuple[NodeRule, ...]:
@@ -98,6 +110,33 @@ def rules_for(arch: str, flash_attn: bool) -> tuple[NodeRule, ...]:
     own = {(r.stop, r.part) for r in extra}
     rows = [r for r in RULES if (r.stop, r.part) not in own] + list(extra)
     return tuple(r for r in rows if r.flash_attn is None or r.flash_attn == flash_attn)
+
+
+def moe_rules(args: ModelArgs, shared_expert: bool) -> tuple[NodeRule, ...]:
+    """The moe stop's nodes, and the MoE layers' FFN output, for this file's routing (none for a
+    dense model). The weights' last node depends on the routing: llama.cpp names each step it
+    takes (GET_ROWS, then the norm_w division, then the scale), and the event carries the last.
+    The dense rows stay too: deepseek2's leading dense layers still end in `ffn_out-N` MUL_MAT."""
+    if not args.n_expert:
+        return ()
+    r = Routing.from_args(args)
+    if r.scale not in (0.0, 1.0):
+        weights = NodeRule("moe", "weights", "SCALE", r"ffn_moe_weights_scaled-(\d+)", ndim=3)
+    elif r.norm_w:
+        weights = NodeRule("moe", "weights", "DIV", r"ffn_moe_weights_norm-(\d+)")
+    else:
+        weights = NodeRule("moe", "weights", "GET_ROWS", r"ffn_moe_weights-(\d+)", ndim=3)
+    # The routed experts' sum: an ADD of the k slots (a CONT of the one slot when k = 1); with a
+    # shared expert llama.cpp adds it in a node of its own, `ffn_out-N`.
+    out = (NodeRule("ffn_out", "out", "ADD", r"ffn_out-(\d+)") if shared_expert else
+           NodeRule("ffn_out", "out", "ADD" if r.n_expert_used > 1 else "CONT", r"ffn_moe_out-(\d+)"))
+    return (
+        NodeRule("moe", "router_logits", "MUL_MAT", r"ffn_moe_logits-(\d+)"),
+        NodeRule("moe", "probs", "SOFT_MAX" if r.gating == "softmax" else "UNARY", r"ffn_moe_probs-(\d+)"),
+        NodeRule("moe", "experts", "VIEW", r"ffn_moe_topk-(\d+)"),
+        weights,
+        out,
+    )
 
 
 class NodeMap:
@@ -152,13 +191,18 @@ class StopCapture:
     (the bus's clock: the time since the previous event, i.e. the nodes computed in between)
     and a paused controller all happen inside llama.cpp's computation."""
 
-    def __init__(self, bus: HookBus, args: ModelArgs, flash_attn: bool, n_ctx: int):
+    def __init__(self, bus: HookBus, args: ModelArgs, flash_attn: bool, n_ctx: int, weights=()):
+        """`weights`: the file's tensor names (which MoE layers have a shared expert, a selection bias)."""
         self.bus, self.args, self.n_ctx = bus, args, n_ctx
         self.flash_attn = flash_attn
-        self.map = NodeMap(rules_for(args.arch, flash_attn))
+        self.weights = frozenset(weights)
+        shared = any(n.endswith(".ffn_gate_shexp.weight") for n in self.weights)
+        self.map = NodeMap(rules_for(args.arch, flash_attn) + moe_rules(args, shared))
+        self.routing = Routing.from_args(args) if args.n_expert else None
         self.parts: dict[str, tuple[str, ...]] = {}
-        for r in self.map.rules:
-            self.parts[r.stop] = self.parts.get(r.stop, ()) + (r.part,)
+        for r in self.map.rules:  # a part two rules give (dense and MoE ffn_out) counts once
+            if r.part not in self.parts.get(r.stop, ()):
+                self.parts[r.stop] = self.parts.get(r.stop, ()) + (r.part,)
         self.cells: dict[int, dict[int, int]] = {}  # layer -> position -> the KV cell llama.cpp put it in
         self.kv_size = 0  # cells in the layer's K cache (the SET_ROWS destination's rows)
         self.step = self.pos = self.n_tokens = 0
@@ -194,7 +238,8 @@ class StopCapture:
         """At prefill llama.cpp drops every row but the sampled one after the last layer's attention
         (`inp_out_ids`); a kept tensor from there on needs every token's output, hence its logits."""
         last = self.args.n_layer - 1
-        return any(self.bus.wants(s, last) and self.keeps(s, last) for s in ("attn_out", "ffn_norm", "ffn_out", "residual"))
+        return any(self.bus.wants(s, last) and self.keeps(s, last)
+                   for s in ("attn_out", "ffn_norm", "moe", "ffn_out", "residual"))
 
     def ask(self, node: int) -> bool:
         name = node_name(node)
@@ -267,7 +312,23 @@ class StopCapture:
                 scalars["window"] = a.window(layer)
         elif stop == "residual":
             scalars["norm"] = float(np.linalg.norm(got["out"][-1]))
+        elif stop == "moe":
+            tensors, scalars = self.moe_event(layer, got, tensors)
         bus.emit(stop, step, layer, tensors=tensors or None, **scalars)
+
+    def moe_event(self, layer: int, got: dict, tensors: dict) -> tuple[dict, dict]:
+        """The moe event as engine/models/moe.py's moe_ffn emits it: the weights as [T, k] (the
+        GET_ROWS and SCALE nodes are [T, k, 1]), the scalars from the file's routing."""
+        r = self.routing
+        experts = got["experts"]
+        if tensors:
+            tensors = {**tensors, "weights": tensors["weights"].reshape(experts.shape)}
+        return tensors, {
+            "n_expert": r.n_expert, "n_expert_used": r.n_expert_used, "gating": r.gating, "norm_w": r.norm_w,
+            "scale": r.scale, "n_group": r.n_group, "n_group_used": r.n_group_used,
+            "biased": f"blk.{layer}.exp_probs_b.bias" in self.weights,
+            "load": np.bincount(experts.reshape(-1), minlength=r.n_expert).tolist(),
+        }
 
     def by_position(self, layer: int, weights: np.ndarray) -> np.ndarray:
         """kq_soft_max's columns are KV cells, padded past the used ones: gather the cells of
