@@ -17,8 +17,9 @@ A spec is terms joined by `;` (docs/TRACE_FORMAT.md, "Capture policy"):
                          within a quarter of the size budget
     dtype=auto|f32|f16   how float tensors are stored (auto: as the engine made them)
 
-The spine -- text, tokenize, batch, sample, stop, stream -- is always emitted with its small
+The spine -- text, tokenize, batch, sample, grammar, stop, stream -- is always emitted with its small
 tensors: without it a trace has no tokens and no text, and replay has nothing to hang views on.
+(grammar is emitted only by a run with --grammar/--json-schema: its mask is vocab/8 bytes a step.)
 
 The policy sets the hook bus's filter (what is emitted at all) and shapes each tensor in the
 recorder (traces/writer.py, traces/live.py), never in the engine. `step_bytes` is the size
@@ -36,7 +37,7 @@ from traces.schema import STOP_BY_NAME, STOPS
 
 GiB = 1 << 30
 DEFAULT_MAX_BYTES = 1 * GiB  # --max-trace-size when none is given
-SPINE = ("text", "tokenize", "batch", "sample", "stop", "stream")
+SPINE = ("text", "tokenize", "batch", "sample", "grammar", "stop", "stream")
 PRESETS = {
     "minimal": "logits;timings",
     "default": "all;rows=auto",

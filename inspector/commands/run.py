@@ -82,7 +82,7 @@ def add_engine_flags(p: Parser) -> None:
 def add_capture_flags(p: Parser) -> None:
     group = p.add_argument_group(
         "capture", "What a run records (traces/policy.py; docs/TRACE_FORMAT.md has the grammar and the sizes). "
-                   "Spine stops (text, tokens, sampling, stream) are always recorded.")
+                   "Spine stops (text, tokens, sampling, grammar, stream) are always recorded.")
     group.add_argument("--capture", default="default", metavar="SPEC",
                        help="minimal (logits, tokens, timings), default (every stop; at prefill the last rows that "
                             "fit a quarter of the budget), full, or terms joined by ';' such as "
