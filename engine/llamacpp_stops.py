@@ -40,6 +40,14 @@ Mixture-of-experts layers (llama.cpp's build_moe_ffn; `moe_rules`, picked by the
     ffn_out    out       ADD       ffn_moe_out-N (no shared expert; CONT when k = 1)
                          ADD       ffn_out-N (+ the shared expert: qwen2moe, deepseek2)
 
+Multi-head latent attention (deepseek2; `mla_rules`):
+
+    mla        latent    MUL       kv_cmpr-N (after attn_kv_a_norm) [T, kv_lora_rank]
+               k_pe      ROPE      k_pe-N                           [T, 1, rope_dim] (as [T, rope_dim])
+               q_absorbed CONCAT   Qcur-N (absorbed form only)      [T, n_head, kv_lora_rank + rope_dim]
+    kv_write   k_cells   SET_ROWS  cache_k_lN (view)                the absorbed form's cache is K-only:
+                                                                    [c_kv ; k_pe] rows, no V store at all
+
 Every node asked for splits llama.cpp's graph (the scheduler computes up to it, syncs, calls
 back), so `StopCapture.ask` says yes only to nodes of stops the hook bus wants (`bus.wants`),
 and reads a node's data only when its tensors are kept or a scalar needs them.
@@ -52,6 +60,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine import rope_yarn
 from engine.config import ModelArgs
 from engine.hooks import HookBus
 from engine.llamacpp_graph import node_name, node_op, node_shape, node_src, read_node, view_node
@@ -100,6 +109,9 @@ ARCH_RULES: dict[str, tuple[NodeRule, ...]] = {
 # The logits stop's nodes: in the table for the record, never asked for (llama_get_logits has them).
 HEAD_NODES: tuple[tuple[str, str], ...] = (("result_norm", "MUL"), ("result_output", "MUL_MAT"))
 
+# llama.cpp's KV cache holds f16 (the mla event's bytes per token are counted in it).
+KV_ELEMENT_BYTES = 2
+
 # Stops whose scalars need the node's data even when its tensors are not kept (moe: the load).
 _SCALAR_DATA = {"embed", "attn", "residual", "moe"}
 
@@ -137,6 +149,38 @@ def moe_rules(args: ModelArgs, shared_expert: bool) -> tuple[NodeRule, ...]:
         weights,
         out,
     )
+
+
+def mla_rules(args: ModelArgs, absorbed: bool) -> tuple[NodeRule, ...]:
+    """The mla stop's nodes (none without a latent). `absorbed`: the file splits W_uk / W_uv
+    (attn_k_b, attn_v_b), so llama.cpp folds W_uk into the query, whose concatenation with q_pe
+    is `Qcur-N`; the older attn_kv_b files run decompressed and have no absorbed query."""
+    if not args.kv_lora_rank:
+        return ()
+    rules = (NodeRule("mla", "latent", "MUL", r"kv_cmpr-(\d+)"),
+             NodeRule("mla", "k_pe", "ROPE", r"k_pe-(\d+)", ndim=3))
+    if absorbed:
+        rules += (NodeRule("mla", "q_absorbed", "CONCAT", r"Qcur-(\d+)", ndim=3),)
+    return rules
+
+
+def mla_scalars(args: ModelArgs, form: str, element_bytes: int) -> dict:
+    """The mla event's scalars, as engine/models/deepseek2.py names them, from the file's args:
+    the cache's bytes per token and layer (a latent row against multi-head K and V), the
+    softmax scale, and YaRN's settings."""
+    a, y = args, args.yarn
+    mla = (a.kv_lora_rank + a.rope_dim) * element_bytes
+    mha = a.n_head * (a.qk_nope_dim + a.rope_dim + a.v_head_dim) * element_bytes
+    out = {"form": form, "kv_lora_rank": a.kv_lora_rank, "rope_dim": a.rope_dim, "qk_nope_dim": a.qk_nope_dim,
+           "v_head_dim": a.v_head_dim, "n_head": a.n_head, "kq_scale": a.attn_scale,
+           "mla_bytes_per_token": mla, "mha_bytes_per_token": mha, "saving": mha / mla,
+           "saved_bytes_per_token": (mha - mla) * a.n_layer, "element_bytes": element_bytes}
+    if not y:
+        return {**out, "rope_scaling": "none"}
+    low, high = rope_yarn.corr_dims(a.rope_dim, y.n_ctx_orig, a.rope_theta, y.beta_fast, y.beta_slow)
+    return {**out, "rope_scaling": "yarn", "yarn_factor": y.factor, "yarn_n_ctx_orig": y.n_ctx_orig,
+            "yarn_log_mul": y.log_mul, "yarn_rope_magnitude": float(y.magnitude()),
+            "yarn_ramp": [float(v) for v in rope_yarn.ramp(a.rope_dim, low, high)]}
 
 
 class NodeMap:
@@ -197,7 +241,13 @@ class StopCapture:
         self.flash_attn = flash_attn
         self.weights = frozenset(weights)
         shared = any(n.endswith(".ffn_gate_shexp.weight") for n in self.weights)
-        self.map = NodeMap(rules_for(args.arch, flash_attn) + moe_rules(args, shared))
+        # deepseek2 files with attn_k_b run MLA absorbed, and their cache is K-only: one row of
+        # [c_kv ; k_pe] per token, the values a view of it, so no V store to wait for.
+        self.mla_form = ("absorbed" if "blk.0.attn_k_b.weight" in self.weights else "naive") if args.kv_lora_rank else ""
+        rules = rules_for(args.arch, flash_attn) + moe_rules(args, shared) + mla_rules(args, self.mla_form == "absorbed")
+        if self.mla_form == "absorbed":
+            rules = tuple(r for r in rules if (r.stop, r.part) != ("kv_write", "v_cells"))
+        self.map = NodeMap(rules)
         self.routing = Routing.from_args(args) if args.n_expert else None
         self.parts: dict[str, tuple[str, ...]] = {}
         for r in self.map.rules:  # a part two rules give (dense and MoE ffn_out) counts once
@@ -303,6 +353,8 @@ class StopCapture:
                 scalars["theta"] = a.layer_rope_theta(layer)
         elif stop == "kv_write":
             scalars = self.kv_event(layer, got["k_cells"])
+            if self.mla_form == "absorbed":  # the K-only cache holds latent rows, as LatentCache's
+                scalars.update(holds="mla_latent", latent_dim=a.kv_lora_rank, rope_dim=a.rope_dim)
         elif stop == "attn":
             if got.get("weights") is not None:
                 weights = self.by_position(layer, got["weights"])
@@ -314,6 +366,10 @@ class StopCapture:
             scalars["norm"] = float(np.linalg.norm(got["out"][-1]))
         elif stop == "moe":
             tensors, scalars = self.moe_event(layer, got, tensors)
+        elif stop == "mla":
+            if "k_pe" in tensors:  # one RoPE key shared by every head: [T, 1, rope_dim] -> [T, rope_dim]
+                tensors["k_pe"] = tensors["k_pe"][:, 0]
+            scalars = mla_scalars(a, self.mla_form, KV_ELEMENT_BYTES)
         bus.emit(stop, step, layer, tensors=tensors or None, **scalars)
 
     def moe_event(self, layer: int, got: dict, tensors: dict) -> tuple[dict, dict]:
