@@ -11,9 +11,13 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
+from rich.style import Style
 from rich.text import Text
 from textual.binding import Binding
+from textual.content import Content
+from textual.geometry import Region
 from textual.message import Message
+from textual.strip import Strip
 from textual.widgets import Tree
 from textual.widgets.tree import TreeNode
 
@@ -73,6 +77,7 @@ class Navigator(Tree[NavItem]):
         self._scanned = 0  # steps whose stops are in `_captured` for good (all but a live run's last)
         self._layer_times: tuple[dict, dict] = ({}, {})  # per (stop, layer) ns and each stop's slowest layer
         self._stale_layers: set[str] = set()  # collapsed stops whose layer labels show an older step
+        self._paint_style: Style | None = None  # the widget's style, looked up once per paint
 
     def build(self, trace: Trace) -> None:
         """(Re)build the tree when the layer count is known or changes."""
@@ -132,7 +137,21 @@ class Navigator(Tree[NavItem]):
                     self._label_layers(stop.name)
                 else:
                     self._stale_layers.add(stop.name)
-        self.border_title = Text(f"stops · step {step}")
+        self._title_step(step)
+
+    def _title_step(self, step: int) -> None:
+        """Name the step in the border. Setting `border_title` repaints every row of the tree, though
+        only the border's top row changed (the relabelled rows repaint themselves): on a step change
+        that was half the navigator's paint (bench/ui.py). Store the title as the setter does and
+        repaint that one row; the first time, and if Textual keeps the title elsewhere, use the setter."""
+        title = f"stops · step {step}"
+        if self.border_title is None or "_border_title" not in vars(self):
+            self.border_title = Text(title)
+            return
+        if self.border_title != title:
+            self._border_title = Content(title)
+            left, top = self.content_offset
+            self.refresh(Region(-left, -top, self.outer_size.width, 1))  # content-relative: the top border
 
     def _label_layers(self, stop: str) -> None:
         """One per-layer stop's layer labels, from the times `update_labels` last computed."""
@@ -156,6 +175,21 @@ class Navigator(Tree[NavItem]):
         if self._labels.get(id(node)) != label:
             self._labels[id(node)] = label
             node.set_label(label)
+
+    # Each paint sends every row of the tree through Tree.render_line (unchanged rows too, to fetch
+    # them from its cache), which looks up `rich_style`, a walk over every ancestor's CSS, per row:
+    # a quarter of the navigator's paint on a step change (bench/ui.py). It cannot change within one
+    # paint, so look it up once.
+    def render_lines(self, crop: Region) -> list[Strip]:
+        self._paint_style = super().rich_style
+        try:
+            return super().render_lines(crop)
+        finally:
+            self._paint_style = None
+
+    @property
+    def rich_style(self) -> Style:
+        return self._paint_style if self._paint_style is not None else super().rich_style
 
     def _captured_stops(self, trace: Trace) -> set[str]:
         """The stops seen anywhere in the trace, scanning each finished step once."""
