@@ -138,12 +138,7 @@ class LlamaCppEngine(ModelFile):
         TorchEngine.generate (`ids`: the prompt already encoded); each step is one llama_decode."""
         bus, tok, graph = self.bus, self.tokenizer, self.graph
         bus.start_step()
-        if ids is None:
-            ids = self.encode(prompt)
-        if not ids:
-            raise ValueError("the prompt encodes to no tokens")
-        if len(ids) + n_predict > self.n_ctx:
-            raise ValueError(f"prompt ({len(ids)} tokens) plus {n_predict} to generate exceed the context of {self.n_ctx}")
+        ids = self.prompt_ids(prompt, n_predict, ids)
         with _quiet_llama_cpp():
             graph.fit_batch(len(ids))  # the prompt in one micro-batch: each stop once per step
         graph.reset()

@@ -98,6 +98,17 @@ class ModelFile:
             "sampler": {**(sampler or SamplerParams.greedy()).describe(), "stop": list(stop)},
         }
 
+    def prompt_ids(self, prompt: str, n_predict: int, ids: list[int] | None = None) -> list[int]:
+        """The ids a run starts from (`ids` when the caller encoded already, else `encode(prompt)`),
+        checked the same way in every engine: not empty, and room for n_predict more in the context."""
+        if ids is None:
+            ids = self.encode(prompt)
+        if not ids:
+            raise ValueError("the prompt encodes to no tokens")
+        if len(ids) + n_predict > self.n_ctx:
+            raise ValueError(f"prompt ({len(ids)} tokens) plus {n_predict} to generate exceed the context of {self.n_ctx}")
+        return ids
+
     def encode(self, prompt: str) -> list[int]:
         """The prompt's token ids. With `chat`, the prompt is one user turn rendered by the
         chat template, whose special-token text becomes special tokens. With

@@ -104,12 +104,7 @@ class TorchEngine(ModelFile):
         torch imports; else `generate` encodes `prompt` first."""
         bus, tok = self.bus, self.tokenizer
         bus.start_step()
-        if ids is None:
-            ids = self.encode(prompt)
-        if not ids:
-            raise ValueError("the prompt encodes to no tokens")
-        if len(ids) + n_predict > self.n_ctx:
-            raise ValueError(f"prompt ({len(ids)} tokens) plus {n_predict} to generate exceed the context of {self.n_ctx}")
+        ids = self.prompt_ids(prompt, n_predict, ids)
         # A paged cache whose pool holds what this run can reach (prompt + n_predict), not the whole context.
         # (A model may bring its own kind: deepseek2's holds one MLA latent row per token.)
         cache_class = getattr(self.model, "cache_class", KVCache)
