@@ -26,9 +26,8 @@ from pathlib import Path
 
 import numpy as np
 from gguf import ExpertGatingFuncType, GGMLQuantizationType, GGUFWriter, RopeScalingType
-from gguf.quants import quantize
 
-from tests.tiny_models import add_tiny_tokenizer, tiny_vocab
+from tests.tiny_models import RandomTensors, add_tiny_tokenizer, tiny_vocab
 
 N_EMBD, N_HEAD = 64, 4
 KV_LORA_RANK, N_ROT, QK_NOPE, V_HEAD = 48, 16, 16, 16
@@ -105,17 +104,11 @@ def write_tiny_deepseek2(
     w.add_file_type(int(qtype))
     add_tiny_tokenizer(w, n_vocab)
 
-    def tensor(name: str, shape: tuple[int, ...], scale: float, kind=qtype) -> None:
-        data = (rng.standard_normal(shape) * scale).astype(np.float32)
-        if kind == GGMLQuantizationType.F32:
-            w.add_tensor(name, data)
-        elif kind == GGMLQuantizationType.F16:
-            w.add_tensor(name, data.astype(np.float16))
-        else:
-            w.add_tensor(name, quantize(data, kind), raw_dtype=kind)
+    rand = RandomTensors(w, rng)
+    norm = rand.norm
 
-    def norm(name: str, n: int, spread: float = 0.1) -> None:
-        w.add_tensor(name, (1.0 + spread * rng.standard_normal(n)).astype(np.float32))
+    def tensor(name: str, shape: tuple[int, ...], scale: float, kind=qtype) -> None:
+        rand.weight(name, shape, scale, kind)
 
     f16, f32 = GGMLQuantizationType.F16, GGMLQuantizationType.F32
     tensor("token_embd.weight", (n_vocab, N_EMBD), 1.0)

@@ -50,6 +50,27 @@ def tiny_vocab() -> tuple[list[str], list[int], list[str]]:
     return tokens + SPECIALS, types, MERGES
 
 
+class RandomTensors:
+    """The seeded tensors every tiny writer adds: weights (quantized unless F32), norms near 1, biases.
+    Each draws from `rng` in call order, so a writer's file is the same for the same seed."""
+
+    def __init__(self, w: GGUFWriter, rng: np.random.Generator):
+        self.w, self.rng = w, rng
+
+    def weight(self, name: str, shape: tuple[int, ...], scale: float, qtype: GGMLQuantizationType) -> None:
+        data = (self.rng.standard_normal(shape) * scale).astype(np.float32)
+        if qtype == GGMLQuantizationType.F32:
+            self.w.add_tensor(name, data)
+        else:
+            self.w.add_tensor(name, quantize(data, qtype), raw_dtype=qtype)  # F16: quantize casts
+
+    def norm(self, name: str, n: int, spread: float = 0.1) -> None:
+        self.w.add_tensor(name, (1.0 + spread * self.rng.standard_normal(n)).astype(np.float32))
+
+    def bias(self, name: str, n: int) -> None:
+        self.w.add_tensor(name, (0.5 * self.rng.standard_normal(n)).astype(np.float32))
+
+
 def add_tiny_tokenizer(w, n_vocab: int) -> None:
     """The tokenizer section every tiny model shares: tiny_vocab() as a byte-level BPE, BOS and EOS
     near the end, no BOS added (n_vocab must be tiny_vocab()'s size)."""
@@ -104,18 +125,11 @@ def write_tiny_llama(
     w.add_file_type(int(qtype))
     add_tiny_tokenizer(w, n_vocab)
 
+    rand = RandomTensors(w, rng)
+    norm, bias = rand.norm, rand.bias
+
     def matrix(name: str, n_out: int, n_in: int, scale: float) -> None:
-        data = (rng.standard_normal((n_out, n_in)) * scale).astype(np.float32)
-        if qtype == GGMLQuantizationType.F32:
-            w.add_tensor(name, data)
-        else:
-            w.add_tensor(name, quantize(data, qtype), raw_dtype=qtype)
-
-    def norm(name: str, n: int, spread: float = 0.1) -> None:
-        w.add_tensor(name, (1.0 + spread * rng.standard_normal(n)).astype(np.float32))
-
-    def bias(name: str, n: int) -> None:
-        w.add_tensor(name, (0.5 * rng.standard_normal(n)).astype(np.float32))
+        rand.weight(name, (n_out, n_in), scale, qtype)
 
     matrix("token_embd.weight", n_vocab, n_embd, 1.0)
     for il in range(n_layer):

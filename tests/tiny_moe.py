@@ -22,9 +22,8 @@ from pathlib import Path
 
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter
-from gguf.quants import quantize
 
-from tests.tiny_models import add_tiny_tokenizer, tiny_vocab
+from tests.tiny_models import RandomTensors, add_tiny_tokenizer, tiny_vocab
 
 KINDS = {"mixtral": "llama", "qwen2moe": "qwen2moe", "qwen3moe": "qwen3moe"}
 
@@ -76,18 +75,8 @@ def write_tiny_moe(
     w.add_file_type(int(qtype))
     add_tiny_tokenizer(w, n_vocab)
 
-    def tensor(name: str, shape: tuple[int, ...], scale: float, t: GGMLQuantizationType) -> None:
-        data = (rng.standard_normal(shape) * scale).astype(np.float32)
-        if t == GGMLQuantizationType.F32:
-            w.add_tensor(name, data)
-        else:
-            w.add_tensor(name, quantize(data, t), raw_dtype=t)
-
-    def norm(name: str, n: int, spread: float = 0.1) -> None:
-        w.add_tensor(name, (1.0 + spread * rng.standard_normal(n)).astype(np.float32))
-
-    def bias(name: str, n: int) -> None:
-        w.add_tensor(name, (0.5 * rng.standard_normal(n)).astype(np.float32))
+    rand = RandomTensors(w, rng)
+    tensor, norm, bias = rand.weight, rand.norm, rand.bias
 
     F32 = GGMLQuantizationType.F32
     tensor("token_embd.weight", (n_vocab, n_embd), 1.0, qtype)
