@@ -5,6 +5,7 @@ hook points cost when nobody listens.
     python bench/engine.py                                  # both real models, 2 threads
     python bench/engine.py --model smollm2 --threads 1 --tokens 48 --rounds 5
     python bench/engine.py --modes exact --hooks-rounds 9   # just the hook-point cost
+    python bench/engine.py --model smollm2 --modes exact --hooks-rounds 0 --layout-rounds 6
 
 Decode tokens/s counts the steps after the prefill (greedy, the same prompt), each side
 timed from its first token to its last. Runs alternate -- llama.cpp, torch off, torch
@@ -16,6 +17,9 @@ The hook-point cost compares the engine with a copy of its model class and `gene
 which every `if bus.wants(...):` block was cut out (an AST transform of our own source, below),
 timed alternately on the same weights; and counts the `wants` calls a token makes times
 what one costs, a figure the machine's noise does not move.
+
+The weight layout's gain compares the engine (float32 on the CPU stores its wide matrices
+K-major, engine/weights.py `k_major`) with the same model given every matrix row-major.
 """
 
 from __future__ import annotations
@@ -232,6 +236,8 @@ def bench_model(label: str, path: str, a) -> None:
               f"   ({median(sizes) / 2**20:.0f} MiB trace)", flush=True)
         if mode == a.modes[0] and a.hooks_rounds:
             hook_cost(engine, cls, a)
+        if mode == a.modes[0] and a.layout_rounds:
+            layout_gain(engine, cls, a)
         del engine
     print(f"  llama.cpp {'':27} {median(all_cpp):6.1f} tok/s (median of its {len(all_cpp)} runs; the ratios "
           f"are round by round)")
@@ -268,6 +274,27 @@ def hook_cost(engine: TorchEngine, cls, a) -> None:
           f"= {per_token * ns * 1e-9 / step_s:.2%} of a {step_s * 1e3:.0f} ms step", flush=True)
 
 
+def layout_gain(engine: TorchEngine, cls, a) -> None:
+    """The engine's weight layout (engine/weights.py k_major) against every matrix row-major,
+    alternating on the same numbers: what storing the wide matrices K-major buys."""
+    kept = engine.model
+    row_major = {name: w.contiguous() for name, w in engine.weights.items()}
+    changed = sum(1 for name, w in engine.weights.items() if not w.is_contiguous())
+    plain = cls(engine.args, row_major, engine.numerics, engine.bus)
+    ratios = []
+    for r in range(a.layout_rounds):
+        order = ("engine", "row") if r % 2 == 0 else ("row", "engine")
+        rate = {}
+        for which in order:
+            engine.model = kept if which == "engine" else plain
+            rate[which] = torch_decode(engine, a.tokens)
+        ratios.append(rate["engine"] / rate["row"])
+    engine.model = kept
+    print(f"  weight layout ({engine.numerics.mode}, {a.dtype}): {median(ratios):.3f}x the speed of every matrix "
+          f"row-major ({changed} matrices K-major; median of {a.layout_rounds} alternating pairs, "
+          f"spread {min(ratios):.3f}-{max(ratios):.3f})", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="all", help="smollm2, gemma3, all (default) or a .gguf path")
@@ -275,6 +302,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=32, help="tokens generated per run (default 32)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--hooks-rounds", type=int, default=6, help="alternating pairs for the hook-point cost (0: skip it)")
+    ap.add_argument("--layout-rounds", type=int, default=4,
+                    help="alternating pairs for the weight layout's gain (0: skip it)")
     ap.add_argument("--modes", default="exact,llamacpp-fast,llamacpp", help="numerics modes, comma-separated")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     a = ap.parse_args()

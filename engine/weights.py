@@ -60,11 +60,29 @@ def check_weights(gguf: GGUFFile) -> None:
                                    f"are not whole blocks of {layout['block_size']}")
 
 
+def k_major(name: str, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether a weight matrix is stored K-major (its transpose contiguous) rather than row-major.
+
+    Decode is a matrix-vector product per weight, bound by how fast the weight streams from
+    memory. On the CPU in float32, torch's x @ W.T runs up to twice as fast for a wide matrix
+    (more outputs than inputs: the LM head, ffn_up, ffn_gate) when W.T is the contiguous one
+    (SmolLM2's 49152x576 output matrix, 1 thread: 24 GB/s against 11.7 GB/s), and some 15%
+    slower for a narrow or square one (ffn_down, attn_q); in bfloat16 it is several times slower
+    (bench/engine.py measures the engine both ways: --layout). The values and the shape
+    [n_out, n_in] are the same either way, only the strides differ. Not for deepseek2's
+    attn_kv_b, which the model views per head (engine/models/deepseek2.py b_matrices)."""
+    return (device.type == "cpu" and dtype == torch.float32 and len(shape) == 2 and shape[0] > shape[1]
+            and not name.endswith("attn_kv_b.weight"))
+
+
 def dequantize_weight(gguf: GGUFFile, name: str, device, dtype: torch.dtype) -> torch.Tensor:
     info = gguf.tensors[name]
     # A copy: the mmap is read-only and torch wants writable memory; it is dropped once dequantized.
     raw = torch.from_numpy(np.array(gguf.tensor_bytes(name)))
-    return dequantize(raw.to(device), info.type, info.shape, device=device, dtype=dtype, name=name)
+    w = dequantize(raw.to(device), info.type, info.shape, device=device, dtype=dtype, name=name)
+    if k_major(name, tuple(w.shape), w.device, w.dtype):
+        w = w.t().contiguous().t()
+    return w
 
 
 def load_weights(gguf: GGUFFile, device="cpu", dtype=torch.float32) -> dict[str, torch.Tensor]:

@@ -142,3 +142,28 @@ def test_the_cli_imports_neither_torch_nor_textual_before_it_needs_them():
             "print(sorted(m for m in ('torch', 'textual') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_wide_matrices_are_k_major_on_the_cpu_in_float32_and_compute_the_same(models):
+    """The layout that makes CPU decode faster (engine/weights.py k_major) changes strides only:
+    the same values, and every step's logits as close to the row-major model's as float32
+    summation order allows, in both the plain and the llama.cpp numerics."""
+    gguf = GGUFFile(models["llama"])
+    weights = load_weights(gguf)
+    wide = [n for n, w in weights.items() if w.dim() == 2 and w.shape[0] > w.shape[1]]
+    narrow = [n for n, w in weights.items() if w.dim() == 2 and w.shape[0] <= w.shape[1]]
+    assert wide and narrow
+    assert all(weights[n].t().is_contiguous() and not weights[n].is_contiguous() for n in wide)
+    assert all(weights[n].is_contiguous() for n in narrow)
+    assert all(w.is_contiguous() for w in load_weights(gguf, dtype=torch.bfloat16).values())
+    for numerics in ("exact", "llamacpp"):
+        logits, tokens, engine = run_logits(models["llama"], background=False, numerics=numerics)
+        logits = list(logits)  # run_logits' listener goes on appending to its list
+        row_major = {n: w.contiguous() for n, w in engine.weights.items()}
+        engine.model = type(engine.model)(engine.args, row_major, engine.numerics, engine.bus)
+        seen = []
+        engine.bus.add(lambda e: seen.append(e.tensors["logits"].copy()) if e.stop == "logits" else None)
+        assert [r.token for r in engine.generate(PROMPT, 4)] == tokens
+        assert len(seen) == len(logits) == 4
+        for a, b in zip(logits, seen):
+            assert abs(a - b).max() <= 1e-5 * max(1.0, abs(b).max())
