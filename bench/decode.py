@@ -10,7 +10,11 @@ the device's measured bandwidth.
 `1b` / `8b` / `135m` are llama-shaped synthetic GGUFs built here from a seed (tests/synthetic.py),
 so a GPU machine needs no model file; `demo` is SmolLM2-135M; anything else is a .gguf path.
 
-Runs alternate (llama.cpp, off, timing, recording) round by round, so a busy moment on a shared
+On CUDA, capture off replays the decode step as a CUDA graph (engine/cuda_graph.py; with
+`--numerics exact`, the default here), and `eager` is the same run launching every kernel from
+Python (TorchEngine.decode_graph = "off"); timing and default capture always run eagerly.
+
+Runs alternate (llama.cpp, off, eager, timing, recording) round by round, so a busy moment on a shared
 machine hits all of them; each figure is the median, each ratio is taken within a round.
 Weights per token: what a decode step reads, the embedding table aside (one row of it) --
 the torch engine reads its dequantized weights (`--dtype`), llama.cpp the GGUF's blocks.
@@ -95,12 +99,19 @@ def bench(label: str, path: str, a, limits) -> None:
     except Exception as e:  # noqa: BLE001 -- a file llama.cpp cannot load still gets the torch figures
         print(f"  llama.cpp could not load it: {e}")
         ref = None
-    torch_decode(engine, 4)  # warm-up
+    torch_decode(engine, 4)  # warm-up (on CUDA it captures the decode graph)
+    graphed = engine.decode_path(1) == "graph"  # capture off on CUDA: the decode step replays a CUDA graph
     runs: dict[str, list[float]] = {"off": [], "timing": [], "default": [], "llama.cpp": []}
+    if graphed:
+        runs["eager"] = []
     for _ in range(a.rounds):
         if ref is not None:
             runs["llama.cpp"].append(ref.decode(a.tokens))
         runs["off"].append(torch_decode(engine, a.tokens))
+        if graphed:  # the same, every kernel launched from Python
+            engine.decode_graph = "off"
+            runs["eager"].append(torch_decode(engine, a.tokens))
+            engine.decode_graph = "auto"
         stop = timing_only(engine)
         runs["timing"].append(torch_decode(engine, a.tokens))
         stop()
@@ -115,7 +126,10 @@ def bench(label: str, path: str, a, limits) -> None:
     bw = limits.mem_gbps * 1e9
     print(f"\n{label}: weights per token {stored / 2**20:.0f} MiB as stored, {held / 2**20:.0f} MiB as the torch "
           f"engine reads them ({a.dtype}); {a.tokens} tokens, median of {a.rounds}")
-    for k in ("off", "timing", "default"):
+    if graphed or engine.graph_status:
+        also = ", and eager for comparison" if graphed else ""
+        print(f"  capture off: decode {engine.graph_status or 'eager'}{also}")
+    for k in [k for k in ("off", "eager", "timing", "default") if k in med]:
         gbps = held * med[k] / 1e9
         slower = f"   off/{k} {1 / within(k, 'off'):4.2f}x" if k != "off" else ""
         vs_cpp = f"   {within(k, 'llama.cpp'):4.2f}x llama.cpp" if "llama.cpp" in med else ""

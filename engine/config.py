@@ -36,6 +36,9 @@ EXPERT_GATING = {1: "softmax", 2: "sigmoid"}
 SWA_PERIOD = {"gemma3": 6}
 # The RoPE base of sliding-window layers when the file has no `rope.freq_base_swa`.
 ROPE_THETA_SWA = {"gemma3": 10000.0}
+# Architectures whose graph rotates by YaRN's angles when the file declares `rope.scaling.type`
+# yarn (engine/rope_yarn.py): the llama family (llama, qwen*) and deepseek2.
+YARN_ARCHS = {"llama", "qwen2", "qwen3", "qwen2moe", "qwen3moe", "deepseek2"}
 
 
 @dataclass
@@ -146,16 +149,16 @@ class ModelArgs:
         return args
 
     def _rope_scaling(self, md: dict) -> None:
-        """`rope.scaling.*`: YaRN is run for deepseek2 (engine/rope_yarn.py); any other scaling
+        """`rope.scaling.*`: YaRN is run for YARN_ARCHS (engine/rope_yarn.py); any other scaling
         that changes the angles (factor != 1) is refused rather than silently ignored."""
         a = self.arch
         kind = str(md.get(f"{a}.rope.scaling.type", "linear"))  # llama.cpp's default when only a factor is given
         factor = float(md.get(f"{a}.rope.scaling.factor") or md.get(f"{a}.rope.scale_linear") or 1.0)
         if kind == "none" or factor == 1.0:
             return
-        if kind != "yarn" or a != "deepseek2":
+        if kind != "yarn" or a not in YARN_ARCHS:
             raise UnsupportedModel(f"{a} with {kind} RoPE scaling (factor {factor:g}) is not supported by the torch "
-                                   "engine (YaRN is, for deepseek2)")
+                                   f"engine (YaRN is, for {', '.join(sorted(YARN_ARCHS))})")
         from engine.rope_yarn import Yarn  # numpy/torch only for the files that need it
 
         self.yarn = Yarn.from_metadata(md, a, self.n_ctx_train)
@@ -258,13 +261,14 @@ class ModelArgs:
             "n_vocab": self.n_vocab,
             "n_ctx_train": self.n_ctx_train,
             "rope_theta": self.rope_theta,
+            "rope_dim": self.rope_dim,
             "rope_type": "neox" if self.rope_neox else "norm",
             "rms_eps": self.rms_eps,
             "attn_scale": self.attn_scale,
             **({"sliding_window": list(self.sliding_window), "rope_theta_swa": self.rope_theta_swa}
                if any(self.sliding_window) else {}),
             **({"final_softcap": self.final_softcap} if self.final_softcap else {}),
-            **({"rope_scaling": self.yarn.describe()} if self.yarn else {}),
+            **({"rope_scaling": self.yarn.describe(self.rope_dim, self.rope_theta)} if self.yarn else {}),
             **({"kv_lora_rank": self.kv_lora_rank, "q_lora_rank": self.q_lora_rank, "qk_nope_dim": self.qk_nope_dim,
                 "v_head_dim": self.v_head_dim, "n_dense_lead": self.n_dense_lead} if self.kv_lora_rank else {}),
             **({"n_expert": self.n_expert, "n_expert_used": self.n_expert_used, "n_ff_exp": self.n_ff_exp,

@@ -65,24 +65,32 @@ class CudaStopTimer:
         self._pending.append((event, boundary))
         return self.resolve() if self.live else []
 
-    def resolve(self) -> list[Event]:
-        """Wait for the last boundary, set every pending event's dur_ns and t_start_ns from the
-        GPU's clock, and return them in order."""
+    def take(self) -> tuple | None:
+        """Detach the stops held so far, to be timed by `times` (later, maybe in another thread);
+        the next boundary starts a new chain. None when nothing is held."""
         if not self._pending:
+            return None
+        held = (self._start, self._start_ns, self._pending)
+        self._start, self._pending = None, []
+        return held
+
+    def times(self, held: tuple | None) -> list[Event]:
+        """Wait for the last boundary of `held` (from `take`), set every event's dur_ns and t_start_ns
+        from the GPU's clock, and return them in order. The events read go back to the free list."""
+        if held is None:
             return []
-        last = self._pending[-1][1]
-        last.synchronize()  # the stream is in order: every earlier boundary has passed too
-        prev, t = self._start, self._start_ns
-        done = []
-        for event, end in self._pending:
+        start, t, pending = held
+        pending[-1][1].synchronize()  # the stream is in order: every earlier boundary has passed too
+        prev = start
+        for event, end in pending:
             ns = int(prev.elapsed_time(end) * 1e6)  # ms -> ns
             event.t_start_ns, event.dur_ns = t, ns
             t += ns
-            if prev is not self._start:
-                self._free.append(prev)
+            self._free.append(prev)  # (list.append: safe beside the engine thread's pop)
             prev = end
-            done.append(event)
-        self._free.append(self._start)
-        self._start, self._start_ns = last, t  # the next stop's work starts where this one's ended
-        self._pending = []
-        return done
+        self._free.append(prev)
+        return [event for event, _ in pending]
+
+    def resolve(self) -> list[Event]:
+        """`times(take())`: wait here for the stops held so far and return them timed."""
+        return self.times(self.take())

@@ -4,12 +4,15 @@ An engine calls `bus.wants(stop, layer)` before it prepares anything for a stop,
 `bus.emit(...)` only when that said yes. With no listener `wants` is one attribute
 read and a False, so a run nobody watches pays no copies, no syncs and no clock reads.
 
-Listeners are called in the engine's thread, in order: the recorder first, then the
-run controller, which may block (a breakpoint) until the user steps.
+Listeners are called in order: the recorder first, then the run controller, which may block
+(a breakpoint) until the user steps; in the engine's thread, except as `defer` says below.
 
 A stop's duration is the work since the previous stop: the CPU's monotonic clock, or on a
 GPU (`on_device`) CUDA events read when the step ends (engine/cuda_timing.py). With `defer`
-the listeners get a GPU step's events when it ends; without it each stop waits for its own.
+the listeners get a GPU step's events after it ends, from a background thread that waits for
+the step's timing events and its tensors' asynchronous copies (engine/async_copy.py), so the
+engine thread never waits for the GPU on a listener's behalf; without it each stop waits for
+its own and its tensors are copied at once (a breakpoint needs them now).
 """
 
 from __future__ import annotations
@@ -29,11 +32,15 @@ class Listener(Protocol):
 def to_numpy(value) -> np.ndarray:
     """A CPU numpy copy of a torch tensor or array-like; the engine's buffers stay untouched."""
     if hasattr(value, "detach"):
-        t = value.detach()
-        if t.dtype.is_floating_point and t.dtype not in (_torch_f32(), _torch_f16()):
-            t = t.float()  # bf16 has no numpy dtype
-        return t.cpu().numpy().copy()
+        return numpy_ready(value.detach()).cpu().numpy().copy()
     return np.array(value, copy=True)
+
+
+def numpy_ready(t):
+    """`t` in a dtype numpy has: bf16 (and the like) widened to float32, on its own device."""
+    if t.dtype.is_floating_point and t.dtype not in (_torch_f32(), _torch_f16()):
+        return t.float()
+    return t
 
 
 def _torch_f32():
@@ -63,6 +70,10 @@ class HookBus:
         self.defer = False
         # Times the stops when the engine runs on a GPU (`on_device`: a CudaStopTimer); None: the CPU clock.
         self.gpu_timer = None
+        # With `defer` on a GPU (engine/async_copy.py): the captured tensors' asynchronous copies into
+        # pinned memory, and the thread that waits for them and calls the listeners. None: in the engine thread.
+        self.copies = None
+        self.delivery = None
 
     def add(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -82,11 +93,23 @@ class HookBus:
         return self._filter is None or self._filter(stop, layer)
 
     def on_device(self, device) -> None:
-        """The engine runs on `device`: on a GPU, time the stops with CUDA events."""
+        """The engine runs on `device`: on a GPU, time the stops with CUDA events (and with `defer`, deliver
+        the events from a background thread, their tensors copied asynchronously)."""
         if getattr(device, "type", str(device).partition(":")[0]) == "cuda":
             from engine.cuda_timing import CudaStopTimer
 
             self.gpu_timer = CudaStopTimer(device, live=not self.defer)
+            if self.defer:
+                from engine.async_copy import PinnedCopies
+
+                self.deliver_later(PinnedCopies())
+
+    def deliver_later(self, copies) -> None:
+        """Copy tensors with `copies` (engine/async_copy.py's PinnedCopies) and call the listeners from
+        a background thread once a step's copies and timing events have arrived (needs `gpu_timer`)."""
+        from engine.async_copy import Delivery
+
+        self.copies, self.delivery = copies, Delivery(self._listeners)
 
     def start_step(self) -> None:
         """Mark the start of a step's work, so the first stop's duration is its own."""
@@ -99,8 +122,31 @@ class HookBus:
     def end_step(self) -> None:
         """The step's work is queued (the engine calls this before it yields the step): a GPU
         step's held events get their times and go to the listeners. Nothing to do on a CPU."""
-        if self.gpu_timer is not None:
+        if self.gpu_timer is None:
+            return
+        if self.delivery is None:
             self._deliver(self.gpu_timer.resolve())
+            return
+        held = self.gpu_timer.take()
+        if held is None:
+            return
+        fence = self.copies.fence()  # after the step's last copy, which follows its last boundary
+        timer, copies = self.gpu_timer, self.copies
+
+        def arrived() -> list[Event]:  # in the delivery thread: the only waits of the step
+            fence.synchronize()
+            events = timer.times(held)
+            for event in events:
+                event.tensors = {k: copies.take(v) for k, v in event.tensors.items()}
+            return events
+
+        self.delivery.submit(arrived)
+
+    def flush(self) -> None:
+        """Every event emitted so far has reached the listeners (the engine calls this when a run ends)."""
+        self.end_step()
+        if self.delivery is not None:
+            self.delivery.flush()
 
     def emit(
         self,
@@ -120,7 +166,7 @@ class HookBus:
             step=step,
             layer=layer,
             part=part,
-            tensors=({k: to_numpy(v) for k, v in tensors.items()}
+            tensors=({k: (self.copies.copy(v) if self.copies is not None else to_numpy(v)) for k, v in tensors.items()}
                      if tensors and (self.tensor_filter is None or self.tensor_filter(stop, layer)) else {}),
             scalars=scalars,
             t_start_ns=self._last_ns or now,

@@ -147,6 +147,35 @@ class KVCache:
         index = self._slot_index[:end]
         return keys.index_select(0, index), values.index_select(0, index)
 
+    # -- the static decode step (engine/cuda_graph.py): shapes that never change ----------------
+
+    def make_static(self) -> int:
+        """Reserve every block now, in pool order, so a position's slot is the position itself and a
+        write can be indexed by a device tensor; zero the pool, so the cells not yet written, which
+        the static step reads under its mask, hold zeros (0 * an uninitialized NaN would be NaN).
+        Returns the number of cells. Only a fresh cache or one freed again can be made static."""
+        if self.block_table or self.allocator.n_used:
+            raise ValueError("only an empty KV cache can be made static")
+        self._reserve(self.allocator.n_blocks * self.block_size)
+        if not self._in_order or self.block_table[0] != 0:
+            raise ValueError("a static KV cache needs its blocks in pool order")
+        self.k.zero_()
+        self.v.zero_()
+        return len(self.block_table) * self.block_size
+
+    def write_static(self, layer: int, positions: torch.Tensor, k: torch.Tensor,
+                     v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v [T, n_kv, hd] at `positions` (a device tensor, = their slots in a static
+        cache); return every cell [n_cells, n_kv, hd]: the same tensors whatever the position."""
+        keys, values = self._k_flat[layer], self._v_flat[layer]
+        keys.index_copy_(0, positions, k.to(keys.dtype))
+        values.index_copy_(0, positions, v.to(values.dtype))
+        return keys, values
+
+    def mark_written(self, end: int) -> None:
+        """A static step wrote positions up to `end` (the host's count, which the device write cannot update)."""
+        self.n_cached = max(self.n_cached, end)
+
     def free(self) -> None:
         """Give the sequence's blocks back to the allocator; the cache is empty again."""
         self.allocator.free(self.block_table)

@@ -40,8 +40,14 @@ Mixture-of-experts layers (llama.cpp's build_moe_ffn; `moe_rules`, picked by the
     ffn_out    out       ADD       ffn_moe_out-N (no shared expert; CONT when k = 1)
                          ADD       ffn_out-N (+ the shared expert: qwen2moe, deepseek2)
 
-Multi-head latent attention (deepseek2; `mla_rules`):
+Multi-head latent attention (deepseek2; `mla_rules`, in place of the Qcur/Kcur/Vcur rows):
 
+    qkv        q         RESHAPE   q-N                              [T, n_head, qk_nope + rope_dim]
+               k         MUL_MAT   kv_cmpr_pe-N                     [T, r + rope_dim] (as [T, 1, r + rope_dim]); no v
+    rope       q         VIEW, ROPE q_nope-N ; q_pe-N (absorbed)    side by side: [T, n_head, qk_nope + rope_dim]
+                         ROPE      Qcur-N (naive)                   the same, rotated whole
+               k         CONCAT    Kcur-N (absorbed)                [T, 1, r + rope_dim]: the cached row
+                         MUL, ROPE kv_cmpr-N ; k_pe-N (naive)       side by side: the same row
     mla        latent    MUL       kv_cmpr-N (after attn_kv_a_norm) [T, kv_lora_rank]
                k_pe      ROPE      k_pe-N                           [T, 1, rope_dim] (as [T, rope_dim])
                q_absorbed CONCAT   Qcur-N (absorbed form only)      [T, n_head, kv_lora_rank + rope_dim]
@@ -152,13 +158,31 @@ def moe_rules(args: ModelArgs, shared_expert: bool) -> tuple[NodeRule, ...]:
 
 
 def mla_rules(args: ModelArgs, absorbed: bool) -> tuple[NodeRule, ...]:
-    """The mla stop's nodes (none without a latent). `absorbed`: the file splits W_uk / W_uv
+    """deepseek2's attention nodes (none without a latent): its qkv and rope stops, which replace
+    the table's Qcur/Kcur/Vcur rows, and the mla stop. `absorbed`: the file splits W_uk / W_uv
     (attn_k_b, attn_v_b), so llama.cpp folds W_uk into the query, whose concatenation with q_pe
-    is `Qcur-N`; the older attn_kv_b files run decompressed and have no absorbed query."""
+    is `Qcur-N`; the older attn_kv_b files run decompressed and have no absorbed query.
+
+    The torch engine's rope event carries q as [q_nope ; rotated q_pe] per head and k as the
+    cached row [c_kv ; rotated k_pe]. The absorbed graph never joins q's halves (its Qcur joins
+    the *absorbed* q_nope), the naive one never joins c_kv and k_pe (its Kcur is the per-head
+    decompressed key): there the event's tensor is two of llama.cpp's nodes side by side
+    (`StopCapture.mla_rope`), their numbers untouched. The rope rows come before the mla rows:
+    a node both stops read (naive: k_pe-N) emits rope first, as the torch engine does."""
     if not args.kv_lora_rank:
         return ()
-    rules = (NodeRule("mla", "latent", "MUL", r"kv_cmpr-(\d+)"),
-             NodeRule("mla", "k_pe", "ROPE", r"k_pe-(\d+)", ndim=3))
+    rules = (NodeRule("qkv", "q", "RESHAPE", r"q-(\d+)", ndim=3),  # [T, nh, nope + n_rot]
+             NodeRule("qkv", "k", "MUL_MAT", r"kv_cmpr_pe-(\d+)"))  # [T, r + n_rot], before the norm and RoPE
+    if absorbed:
+        rules += (NodeRule("rope", "q_nope", "VIEW", r"q_nope-(\d+)", ndim=3),
+                  NodeRule("rope", "q_pe", "ROPE", r"q_pe-(\d+)", ndim=3),
+                  NodeRule("rope", "k", "CONCAT", r"Kcur-(\d+)", ndim=3))  # [T, 1, r + n_rot]: the cached row
+    else:
+        rules += (NodeRule("rope", "q", "ROPE", r"Qcur-(\d+)", ndim=3),  # the whole head, its nope part unturned
+                  NodeRule("rope", "latent", "MUL", r"kv_cmpr-(\d+)"),
+                  NodeRule("rope", "k_pe", "ROPE", r"k_pe-(\d+)", ndim=3))
+    rules += (NodeRule("mla", "latent", "MUL", r"kv_cmpr-(\d+)"),
+              NodeRule("mla", "k_pe", "ROPE", r"k_pe-(\d+)", ndim=3))
     if absorbed:
         rules += (NodeRule("mla", "q_absorbed", "CONCAT", r"Qcur-(\d+)", ndim=3),)
     return rules
@@ -244,7 +268,10 @@ class StopCapture:
         # deepseek2 files with attn_k_b run MLA absorbed, and their cache is K-only: one row of
         # [c_kv ; k_pe] per token, the values a view of it, so no V store to wait for.
         self.mla_form = ("absorbed" if "blk.0.attn_k_b.weight" in self.weights else "naive") if args.kv_lora_rank else ""
-        rules = rules_for(args.arch, flash_attn) + moe_rules(args, shared) + mla_rules(args, self.mla_form == "absorbed")
+        rules = rules_for(args.arch, flash_attn) + moe_rules(args, shared)
+        mla = mla_rules(args, self.mla_form == "absorbed")
+        if mla:  # deepseek2's qkv and rope nodes are its own (no Qcur/Kcur/Vcur reshapes, no Kcur RoPE)
+            rules = tuple(r for r in rules if r.stop not in ("qkv", "rope")) + mla
         if self.mla_form == "absorbed":
             rules = tuple(r for r in rules if (r.stop, r.part) != ("kv_write", "v_cells"))
         self.map = NodeMap(rules)
@@ -256,7 +283,7 @@ class StopCapture:
         self.cells: dict[int, dict[int, int]] = {}  # layer -> position -> the KV cell llama.cpp put it in
         self.kv_size = 0  # cells in the layer's K cache (the SET_ROWS destination's rows)
         self.step = self.pos = self.n_tokens = 0
-        self._asked: dict[int, tuple[NodeRule, int | None]] = {}
+        self._asked: dict[int, list[tuple[NodeRule, int | None]]] = {}  # a node may feed two stops
         self._pending: dict[tuple[str, int | None], dict[str, object]] = {}
         self._watch: list[tuple[NodeRule, int | None, int]] = []  # (rule, layer, address of its src1)
 
@@ -293,23 +320,21 @@ class StopCapture:
 
     def ask(self, node: int) -> bool:
         name = node_name(node)
-        found = None
+        found = []
         if self._watch:
             src1 = node_src(node, 1)
             for i, (rule, layer, source) in enumerate(self._watch):
                 if src1 == source and node_op(node) == rule.op:
-                    found = (rule, layer)
+                    found.append((rule, layer))
                     del self._watch[i]
                     break
-        if found is None:
-            for rule, layer in self.map.named(name):
-                if node_op(node) == rule.op and self.wanted(rule, layer):
-                    found = (rule, layer)
-                    break
+        for rule, layer in self.map.named(name):
+            if node_op(node) == rule.op and self.wanted(rule, layer):
+                found.append((rule, layer))
         for rule, layer in self.map.source_of(name):
             if self.wanted(rule, layer):
                 self._watch.append((rule, layer, node))
-        if found is None:
+        if not found:
             return False
         self._asked[node] = found
         return True
@@ -317,7 +342,11 @@ class StopCapture:
     # -- what came back -----------------------------------------------------------------
 
     def computed(self, node: int) -> None:
-        rule, layer = self._asked.pop(node)
+        for rule, layer in self._asked.pop(node):
+            self.take(node, rule, layer)
+
+    def take(self, node: int, rule: NodeRule, layer: int | None) -> None:
+        """One rule's share of a computed node; the stop's event once all its nodes are in."""
         stop = rule.stop
         got = self._pending.setdefault((stop, layer), {})
         if rule.read == "src1":
@@ -347,7 +376,12 @@ class StopCapture:
         gemma = a.arch == "gemma3"
         if stop == "embed":
             scalars["norms"] = np.linalg.norm(got["out"], axis=-1).tolist()
+        elif stop == "qkv" and self.mla_form:
+            if "k" in tensors:  # kv_cmpr_pe is [T, r + n_rot]; the torch engine's k has its one "head"
+                tensors["k"] = tensors["k"][:, None]
         elif stop == "rope":
+            if self.mla_form:
+                tensors = self.mla_rope(tensors)
             scalars["positions"] = list(range(self.pos, self.pos + self.n_tokens))
             if gemma:
                 scalars["theta"] = a.layer_rope_theta(layer)
@@ -371,6 +405,18 @@ class StopCapture:
                 tensors["k_pe"] = tensors["k_pe"][:, 0]
             scalars = mla_scalars(a, self.mla_form, KV_ELEMENT_BYTES)
         bus.emit(stop, step, layer, tensors=tensors or None, **scalars)
+
+    @staticmethod
+    def mla_rope(t: dict) -> dict:
+        """deepseek2's rope tensors as the torch engine's: q [T, nh, nope + n_rot] (absorbed: the
+        q_nope view beside the rotated q_pe), k [T, 1, r + n_rot] (naive: the normed latent beside
+        the rotated k_pe). Empty when the tensors are not kept."""
+        out = {}
+        if "q" in t or "q_nope" in t:
+            out["q"] = t["q"] if "q" in t else np.concatenate((t["q_nope"], t["q_pe"]), axis=-1)
+        if "k" in t or "latent" in t:
+            out["k"] = t["k"] if "k" in t else np.concatenate((t["latent"][:, None], t["k_pe"]), axis=-1)
+        return out
 
     def moe_event(self, layer: int, got: dict, tensors: dict) -> tuple[dict, dict]:
         """The moe event as engine/models/moe.py's moe_ffn emits it: the weights as [T, k] (the

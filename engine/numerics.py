@@ -544,8 +544,8 @@ def ggml_v_expf(x: torch.Tensor) -> torch.Tensor:
     j = fma(fma(fma(C["p0"], b, C["p1"]), u, fma(C["p2"], b, C["p3"])), u, C["p4"] * b)
     fast = fma(k, j, k)
     big = n.abs() > 126
-    if not bool(big.any()):
-        return fast
+    # Both branches, always, then a select: asking `big.any()` first would read a value back to the
+    # host, a wait for the device on every call on a GPU and a step no CUDA graph can capture.
     g = torch.where(n <= 0, 0x82000000, 0)
     s1 = _from_bits(g + 0x7F000000)
     s2 = _from_bits(e - g)

@@ -25,11 +25,18 @@ ggml-cpu/ops.cpp) and llama.cpp (llama-context.cpp, models/deepseek2.cpp):
 * deepseek2 moves the magnitude into the softmax instead: kq_scale = mscale^2 / sqrt(k_head),
   mscale = attn_factor * (1 + 0.1 ln F) * (1 + 0.1 L ln F), L = `yarn_log_multiplier` / 0.1
   (the converter stores 0.1 * DeepSeek's mscale_all_dim; llama.cpp's loader divides it back).
+* the llama family (llama, qwen2, qwen3 and their MoE forms) rotates q and k by the same cos/sin,
+  magnitude included (1 + 0.1 ln F, times `rope.scaling.attn_factor`), with the plain
+  1/sqrt(head_dim) softmax scale: mscale^2 lands in the scores through q and k.
 
 Everything in float32, as the C code computes it, with logf/cosf/sinf from the C library
 (`ggml=True`, the `llamacpp` numerics); `ggml=False` is the same formula in float64.
-llama.cpp's deepseek2 loader reads no `yarn_beta_fast` / `yarn_beta_slow` / `yarn_ext_factor`
-keys, so for it they are ggml's defaults, 32, 1 and 1 (DeepSeek-V2/V3 ship those values).
+The keys are read as llama-cpp-python 0.3.36's loaders read them: `factor`,
+`original_context_length` and `attn_factor` for every architecture, `yarn_log_multiplier` for
+deepseek2 only; none of these loaders reads `yarn_beta_fast` / `yarn_beta_slow` /
+`yarn_ext_factor` / `yarn_attn_factor`, so those are ggml's defaults, 32, 1, 1 (and the
+computed attn_factor) whatever the file says (DeepSeek-V2/V3 ship the defaults anyway).
+tests/test_llama_yarn.py holds the llama family to llama.cpp, ignored keys included.
 """
 
 from __future__ import annotations
@@ -79,7 +86,9 @@ class Yarn:
             value = md.get(f"{arch}.rope.scaling.{key}")
             return default if value is None else value
 
-        log_mul = float(f32(get("yarn_log_multiplier", 0.0)) / f32(0.1))  # llama.cpp: rope_yarn_log_mul /= 0.1f
+        # llama.cpp's deepseek2 loader reads the multiplier (and divides it by 0.1); its llama and
+        # qwen loaders read no such key, so there a file's multiplier changes nothing.
+        log_mul = float(f32(get("yarn_log_multiplier", 0.0)) / f32(0.1)) if arch == "deepseek2" else 0.0
         return cls(factor=float(get("factor", 1.0)), n_ctx_orig=int(get("original_context_length", 0) or n_ctx_train),
                    log_mul=log_mul, attn_factor_file=float(get("attn_factor", 1.0)), arch=arch)
 
@@ -118,9 +127,20 @@ class Yarn:
         mscale = attn_factor_org * (f32(1.0) + f32(0.1) * f32(self.log_mul) * ln)
         return float(f32(1.0) * mscale * mscale / np.sqrt(f32(k_head)))
 
-    def describe(self) -> dict:
+    def describe(self, n_dims: int, base: float) -> dict:
+        """The trace info's `rope_scaling`: the settings, and what they make of each of the n_dims/2
+        RoPE pairs: `ramp` (1 kept as trained, 0 slowed down `factor` times, between: mixed) and
+        `inv_freq`, the angle pair i turns by per position, in radians (plain RoPE's
+        base^(-2i/n_dims), YaRN-scaled): what a view draws the angles from, with no engine at hand."""
+        low, high = corr_dims(n_dims, self.n_ctx_orig, base, self.beta_fast, self.beta_slow)
+        r = ramp(n_dims, low, high, ggml=False)
+        mix = r * self.ext_factor  # how much of each pair's trained frequency is kept
+        inv_freq = float(base) ** (-np.arange(0, n_dims, 2) / n_dims) * (mix + (1 - mix) / self.factor)
         return {"type": "yarn", "factor": self.factor, "n_ctx_orig": self.n_ctx_orig, "log_mul": self.log_mul,
-                "beta_fast": self.beta_fast, "beta_slow": self.beta_slow, "magnitude": float(self.magnitude())}
+                "beta_fast": self.beta_fast, "beta_slow": self.beta_slow, "ext_factor": self.ext_factor,
+                "attn_factor": self.attn_factor_file, "magnitude": float(self.magnitude()),
+                "ramp": [float(v) for v in r],
+                "inv_freq": [float(v) for v in inv_freq]}
 
 
 def corr_dims(n_dims: int, n_ctx_orig: int, base: float, beta_fast: float, beta_slow: float) -> tuple[float, float]:
@@ -168,3 +188,11 @@ def yarn_cos_sin(positions: torch.Tensor, n_dims: int, base: float, yarn: Yarn,
     cos, sin = _libm_cos_sin(theta)
     m = yarn.magnitude()
     return torch.from_numpy(cos * m).to(positions.device), torch.from_numpy(sin * m).to(positions.device)
+
+
+def cos_sin(num, positions: torch.Tensor, n_dims: int, base: float, yarn: Yarn | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A model's RoPE cos/sin [T, n_dims/2]: YaRN's where the file declares it, plain RoPE's
+    (Numerics.rope_cos_sin) otherwise, in the numerics' precision (`num.on`: ggml's float32)."""
+    if yarn is None:
+        return num.rope_cos_sin(positions, n_dims, base)
+    return yarn_cos_sin(positions, n_dims, base, yarn, ggml=num.on)

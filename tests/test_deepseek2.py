@@ -316,7 +316,7 @@ def test_yarn_settings_of_a_deepseek_v3_file():
     assert ramp[10] == 1 and ramp[23] == 0 and 0 < ramp[16] < 1
 
 
-@pytest.mark.parametrize("arch, kind", [("deepseek2", "linear"), ("llama", "yarn")])
+@pytest.mark.parametrize("arch, kind", [("deepseek2", "linear"), ("llama", "linear"), ("gemma3", "yarn")])
 def test_other_rope_scaling_is_refused_with_one_line(arch, kind):
     md = deepseek2_metadata(**{"rope.scaling.type": kind, "rope.scaling.factor": 4.0})
     md = {k.replace("deepseek2.", f"{arch}.", 1): v for k, v in md.items()}

@@ -12,6 +12,12 @@ The angle grid shows what RoPE does: pair i of a token at position p is rotated 
 p · theta^(-2i/d). One row per position, one column per pair, drawn as an arrow pointing at the
 angle: the first pairs spin fast (the arrows look random), the last barely move (they all
 point right), which is how RoPE encodes both near and far relative positions.
+
+A model stretched with YaRN turns its pairs at other rates: the trace info's
+`model.rope_scaling.inv_freq` holds the angle per position of each pair as the engine computed
+it (the fast pairs kept, the slow ones divided by the stretch factor, a ramp between), and the
+grid draws those. `model.rope_dim` says how many of a head's values RoPE turns (deepseek2: the
+last rope_dim of each query head and of the cached row).
 """
 
 from __future__ import annotations
@@ -47,6 +53,8 @@ class HeadVectors:
     theta: float
     rope_dim: int
     token_ids: list[int]
+    inv_freq: list[float]  # radians per position, per pair: the angles' rates
+    scaling: dict  # the trace info's rope_scaling (YaRN), {} for plain RoPE
 
 
 def read_head(trace: Trace, step: int, layer: int, head: int) -> HeadVectors | None:
@@ -79,9 +87,28 @@ def read_head(trace: Trace, step: int, layer: int, head: int) -> HeadVectors | N
     theta = float(rope.scalars.get("theta") or model.get("rope_theta") or 10000.0) if rope is not None else 0.0
     head_dim = int(model.get("head_dim") or (rows[0][1].size if rows else 0))
     rope_dim = int(model.get("rope_dim") or head_dim)
+    scaling = model.get("rope_scaling") or {}
+    inv_freq = [float(f) for f in scaling.get("inv_freq") or ()]
+    if len(inv_freq) != rope_dim // 2:  # plain RoPE (or a trace from before inv_freq was written)
+        inv_freq = [theta ** (-2.0 * i / rope_dim) for i in range(rope_dim // 2)] if theta > 0 else []
+        scaling = {}
     context = trace.context_ids(step)
     ids = context[len(context) - len(positions):] if positions else []
-    return HeadVectors(step, layer, head, n_head, kv_head, rows, positions, theta, rope_dim, list(ids))
+    return HeadVectors(step, layer, head, n_head, kv_head, rows, positions, theta, rope_dim, list(ids),
+                       inv_freq, scaling)
+
+
+def rope_legend(h: HeadVectors) -> str:
+    """How the angles are made: plain RoPE's formula, or YaRN's split of the pairs."""
+    n_pairs = len(h.inv_freq)
+    if not h.scaling:
+        return f"  θ_i = pos·{h.theta:g}^(-2i/{h.rope_dim}), pairs 0→{n_pairs - 1}"
+    ramp = [float(r) for r in h.scaling.get("ramp") or ()]
+    factor = float(h.scaling.get("factor", 1))
+    kept = next((i for i, r in enumerate(ramp) if r < 1), n_pairs)  # pairs 0..kept-1 turn as trained
+    slowed = next((i for i, r in enumerate(ramp) if r <= 0), n_pairs)  # pairs slowed..: ÷ factor
+    split = ([f"0→{kept - 1} kept"] if kept else []) + ([f"{slowed}→{n_pairs - 1} ÷{factor:g}"] if slowed < n_pairs else [])
+    return f"  YaRN ×{factor:g}: pairs " + ", ".join(split)
 
 
 def diverging(x: float) -> Style:
@@ -146,18 +173,16 @@ class QKVView(TextLines):
         if not h.rows:
             lines.append(assemble(("no q/k/v tensors were captured", colors.DIM)))
 
-        if h.positions and h.rope_dim:
-            n_pairs = h.rope_dim // 2
-            lines += [Text(""), assemble(("rope angles", "bold"),
-                                         (f"  θ_i = pos·{h.theta:g}^(-2i/{h.rope_dim}), pairs 0→{n_pairs - 1}",
-                                          colors.DIM))]
+        if h.positions and h.inv_freq:
+            n_pairs = len(h.inv_freq)
+            lines += [Text(""), assemble(("rope angles", "bold"), (rope_legend(h), colors.DIM))]
             cells = max(4, width - LABEL_WIDTH - 1)
             stride = max(1, -(-n_pairs // cells))
             pairs = list(range(0, n_pairs, stride))
             fmt = piece_format(trace)
             room = max(1, height - len(lines) - (2 if stride > 1 else 1))
             shown = list(zip(h.positions, h.token_ids or [None] * len(h.positions)))[-room:]
-            inv_freq = [h.theta ** (-2.0 * i / h.rope_dim) for i in pairs]
+            inv_freq = [h.inv_freq[i] for i in pairs]
             for pos, tid in shown:
                 label = f"{pos:>3} " + (fmt.show(tid) if tid is not None else "")
                 line = Text(fit(label, LABEL_WIDTH) + " ", end="")

@@ -36,7 +36,6 @@ from engine.models.layers import attention_mask, logit_lens, rope
 from engine.models.moe import Routing, moe_ffn
 from engine.numerics import Numerics, round_activation
 from engine import rope_yarn
-from engine.rope_yarn import yarn_cos_sin
 
 FORMS = ("absorbed", "naive")
 
@@ -127,10 +126,8 @@ class Deepseek2:
         T = tokens.shape[0]
         r, n_rot, nope = a.kv_lora_rank, a.rope_dim, a.qk_nope_dim
         positions = torch.arange(pos, pos + T, device=tokens.device)
-        if a.yarn:  # YaRN: slow pairs interpolated, fast ones kept, a ramp between (engine/rope_yarn.py)
-            cos, sin = yarn_cos_sin(positions, n_rot, a.rope_theta, a.yarn, ggml=num.on)
-        else:
-            cos, sin = num.rope_cos_sin(positions, n_rot, a.rope_theta)
+        # With YaRN: slow pairs interpolated, fast ones kept, a ramp between (engine/rope_yarn.py)
+        cos, sin = rope_yarn.cos_sin(num, positions, n_rot, a.rope_theta, a.yarn)
         mask = attention_mask(pos, T, device=tokens.device)  # (T, pos + T)
 
         x = w["token_embd.weight"][tokens]  # (T, d)

@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import torch
 
+from engine import rope_yarn
 from engine.config import ModelArgs
 from engine.hooks import HookBus
 from engine.kv_cache import KVCache
-from engine.models.layers import attention_mask, logit_lens, rope
+from engine.models.layers import logit_lens, rope
 from engine.models.moe import Routing, moe_ffn
+from engine.models.step import StepInputs
 from engine.numerics import Numerics
 
 
@@ -41,6 +43,9 @@ class Llama:
         self.output_name = "output" if "output.weight" in weights else "token_embd"
         # Mixtral-style llama, qwen2moe, qwen3moe: the expert settings every MoE layer shares.
         self.routing = Routing.from_args(args) if args.n_expert else None
+        # The decode step can run with static shapes (engine/cuda_graph.py); not with experts, whose
+        # picks the host reads back to run each expert's rows.
+        self.static_decode = not args.n_expert
 
     def linear(self, x: torch.Tensor, name: str) -> torch.Tensor:
         """x @ <name>.weight.T, plus <name>.bias where the file has one (qwen2's q, k, v)."""
@@ -53,14 +58,18 @@ class Llama:
         weight = self.w.get(name + ".weight")
         return x if weight is None else self.num.rms_norm(x, weight, self.args.rms_eps)
 
-    def forward(self, tokens: torch.Tensor, pos: int, cache: KVCache, step: int) -> torch.Tensor:
-        """Run `tokens` [T] at positions pos..pos+T; return the logits of the last one [n_vocab]."""
+    def rope_cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [T, rope_dim/2] of the RoPE angles at `positions` (also the static decode's table);
+        YaRN's where the file declares it (engine/rope_yarn.py)."""
+        return rope_yarn.cos_sin(self.num, positions, self.args.rope_dim, self.args.rope_theta, self.args.yarn)
+
+    def forward(self, tokens: torch.Tensor, pos: int | StepInputs, cache: KVCache, step: int) -> torch.Tensor:
+        """Run `tokens` [T] at positions pos..pos+T; return the logits of the last one [n_vocab].
+        `pos` may be the step's inputs already built: the static decode step (engine/cuda_graph.py)."""
         a, w, bus, num = self.args, self.w, self.bus, self.num
         T = tokens.shape[0]
-        positions = torch.arange(pos, pos + T, device=tokens.device)
-        cos, sin = num.rope_cos_sin(positions, a.rope_dim, a.rope_theta)
-        # Causal mask over the cells this step can see: query i (at pos+i) sees keys 0..pos+i.
-        mask = attention_mask(pos, T, device=tokens.device)  # (T, pos + T)
+        at = pos if isinstance(pos, StepInputs) else StepInputs.at(pos, T, self.rope_cos_sin, tokens.device)
+        pos, positions, cos, sin, mask = at.pos, at.positions, at.cos, at.sin, at.mask
 
         x = w["token_embd.weight"][tokens]  # (T, d)
         if bus.wants("embed"):
@@ -83,7 +92,7 @@ class Llama:
             if bus.wants("rope", il):
                 bus.emit("rope", step, il, tensors={"q": q, "k": k}, positions=positions.tolist())
 
-            keys, values = cache.write(il, pos, num.kv(k), num.kv(v))  # (n_keys, nkv, hd)
+            keys, values = at.write(cache, il, num.kv(k), num.kv(v))  # (n_keys, nkv, hd)
             if bus.wants("kv_write", il):
                 bus.emit("kv_write", step, il, **cache.event(il, pos, T))
 

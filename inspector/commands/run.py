@@ -281,6 +281,9 @@ def main(args) -> int:
     grammar = grammar_source(args)  # and a bad grammar or schema
     policy, max_bytes = capture_policy(args)
     bus = HookBus()
+    # Headless, nobody steps through the run: on a GPU, a step's events (CUDA-event times, tensors copied
+    # asynchronously into pinned memory) reach the recorder from a background thread (engine/hooks.py).
+    bus.defer = args.headless
     # The app's first paint needs no torch: a live run without --record gets the model file now and
     # the torch engine in the engine's thread, while the tokens view is on screen (bench/startup.py).
     engine = open_engine(args, bus, defer_torch=not args.headless and not args.record)
