@@ -8,6 +8,10 @@ time a forward needs a weight it is usually there; when it is not, the forward w
 it, and the thread takes that weight next. Each weight is dequantized exactly once, and
 what the forward gets is the same tensor `load_weights` would give (tests/test_weights.py).
 
+How they are laid out is decode's business: on the CPU in float32 the wide matrices are stored
+K-major, and each layer's q, k, v (and gate, up) side by side in one K-major block that the model
+multiplies at once (`k_major`, `SHARED_INPUT`): the same values and shapes, other strides.
+
 Also here: turning `--device` / `--dtype` into torch's objects, with a one-line error for a
 name this machine cannot run.
 """
@@ -75,19 +79,65 @@ def k_major(name: str, shape: tuple[int, ...], device: torch.device, dtype: torc
             and not name.endswith("attn_kv_b.weight"))
 
 
-def dequantize_weight(gguf: GGUFFile, name: str, device, dtype: torch.dtype) -> torch.Tensor:
+# Matrices of a layer that multiply the same input: stored side by side in one K-major block, so the
+# model can run each group as one matmul (Numerics.linears). Names as in the GGUF, after "blk.N.".
+SHARED_INPUT = (("attn_q", "attn_k", "attn_v"), ("ffn_gate", "ffn_up"))
+
+
+def weight_groups(gguf: GGUFFile, device, dtype: torch.dtype) -> dict[str, tuple[str, ...]]:
+    """name -> the names dequantized with it, one tuple per unit of work: a SHARED_INPUT group stored
+    in one K-major block where that layout applies (every member a matrix of the same width), else
+    the name alone."""
+    device = torch.device(device)
+    units = {name: (name,) for name in gguf.tensors}
+    for name in gguf.tensors:
+        for group in SHARED_INPUT:
+            suffix = group[0] + ".weight"
+            if not (name.startswith("blk.") and name.endswith("." + suffix)):
+                continue
+            prefix = name[: -len(suffix)]
+            members = tuple(prefix + m + ".weight" for m in group)
+            shapes = [gguf.tensors[m].shape if m in gguf.tensors else () for m in members]  # ggml order: n_in first
+            if any(len(sh) != 2 or sh[0] != shapes[0][0] for sh in shapes):
+                continue
+            if k_major(name, (sum(sh[1] for sh in shapes), shapes[0][0]), device, dtype):
+                for m in members:
+                    units[m] = members
+    return units
+
+
+def dequantize_weight(gguf: GGUFFile, name: str, device, dtype: torch.dtype, layout: bool = True) -> torch.Tensor:
     info = gguf.tensors[name]
     # A copy: the mmap is read-only and torch wants writable memory; it is dropped once dequantized.
     raw = torch.from_numpy(np.array(gguf.tensor_bytes(name)))
     w = dequantize(raw.to(device), info.type, info.shape, device=device, dtype=dtype, name=name)
-    if k_major(name, tuple(w.shape), w.device, w.dtype):
+    if layout and k_major(name, tuple(w.shape), w.device, w.dtype):
         w = w.t().contiguous().t()
     return w
 
 
+def dequantize_unit(gguf: GGUFFile, names: tuple[str, ...], device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """A unit of `weight_groups`: one weight, or a group side by side in one K-major block [n_in, sum n_out],
+    each member the view of its rows (the same values and shape as alone; strides (1, sum n_out))."""
+    if len(names) == 1:
+        return {names[0]: dequantize_weight(gguf, names[0], device, dtype)}
+    parts = [dequantize_weight(gguf, name, device, dtype, layout=False) for name in names]
+    block = torch.empty(parts[0].shape[1], sum(len(w) for w in parts), device=device, dtype=dtype)
+    out, row = {}, 0
+    for name, w in zip(names, parts):
+        block[:, row:row + len(w)] = w.t()
+        out[name] = block.t()[row:row + len(w)]
+        row += len(w)
+    return out
+
+
 def load_weights(gguf: GGUFFile, device="cpu", dtype=torch.float32) -> dict[str, torch.Tensor]:
     """Every weight, dequantized now (what `Weights` computes, without the thread)."""
-    return {name: dequantize_weight(gguf, name, device, dtype) for name in gguf.tensors}
+    weights: dict[str, torch.Tensor] = {}
+    for name, unit in weight_groups(gguf, device, dtype).items():
+        if name not in weights:
+            weights.update(dequantize_unit(gguf, unit, device, dtype))
+    return {name: weights[name] for name in gguf.tensors}
 
 
 def forward_order(names: list[str], n_layer: int) -> list[str]:
@@ -110,6 +160,7 @@ class Weights(Mapping):
                  background: bool = True, threads: int | None = None):
         self.gguf, self.device, self.dtype = gguf, torch.device(device), dtype
         self.order = forward_order(list(gguf.tensors), n_layer)
+        self._units = weight_groups(gguf, self.device, dtype)  # name -> the names dequantized with it
         self._names = frozenset(self.order)
         self._ready: dict[str, torch.Tensor] = {}
         self._busy: set[str] = set()  # being dequantized right now
@@ -182,31 +233,30 @@ class Weights(Mapping):
                 loader = self._thread is not None and self._thread.is_alive() and not self._closed
                 if name not in self._busy:
                     if not loader:
-                        self._busy.add(name)  # nobody else will: dequantize it here
+                        self._busy.update(self._units[name])  # nobody else will: dequantize it here
                         break
                     if name not in self._wanted:
                         self._wanted.append(name)
                         self._cond.notify_all()
                 self._cond.wait(timeout=1.0)  # the flags above are re-read on every wake-up
-        return self._finish(name, self._compute, name)
+        return self._finish(name)
 
-    def _compute(self, name: str) -> torch.Tensor:
-        return dequantize_weight(self.gguf, name, self.device, self.dtype)
-
-    def _finish(self, name: str, fn, *args) -> torch.Tensor:
+    def _finish(self, name: str) -> torch.Tensor:
+        """Dequantize `name` and the names of its unit (all marked busy by the caller)."""
+        unit = self._units[name]
         try:
-            w = fn(*args)
+            ws = dequantize_unit(self.gguf, unit, self.device, self.dtype)
         except BaseException as e:
             with self._cond:
-                self._busy.discard(name)
+                self._busy.difference_update(unit)
                 self._error = e
                 self._cond.notify_all()
             raise
         with self._cond:
-            self._ready[name] = w
-            self._busy.discard(name)
+            self._ready.update(ws)
+            self._busy.difference_update(unit)
             self._cond.notify_all()
-        return w
+        return ws[name]
 
     def _claim(self) -> str | None:
         """The next weight for the loader: one a reader waits on, else the next in order."""
@@ -216,13 +266,13 @@ class Weights(Mapping):
             while self._wanted:
                 name = self._wanted.pop(0)
                 if name not in self._ready and name not in self._busy:
-                    self._busy.add(name)
+                    self._busy.update(self._units[name])
                     return name
             while self._next < len(self.order):
                 name = self.order[self._next]
                 self._next += 1
                 if name not in self._ready and name not in self._busy:
-                    self._busy.add(name)
+                    self._busy.update(self._units[name])
                     return name
             return None
 
@@ -230,7 +280,7 @@ class Weights(Mapping):
         torch.set_num_threads(self._threads)
         while (name := self._claim()) is not None:
             try:
-                self._finish(name, self._compute, name)
+                self._finish(name)
             except BaseException:
                 return  # kept in self._error: the reader that needs a weight raises it
         with self._cond:

@@ -14,7 +14,7 @@ from engine.gguf_file import GGUFFile
 from engine.hooks import HookBus
 from engine.quants import UnsupportedQuant
 from engine.torch_engine import TorchEngine, vocab_pieces
-from engine.weights import Weights, forward_order, load_weights
+from engine.weights import Weights, dequantize_weight, forward_order, load_weights
 from tests.tiny_models import write_tiny_llama
 
 PROMPT = "hello the llama"
@@ -150,12 +150,22 @@ def test_wide_matrices_are_k_major_on_the_cpu_in_float32_and_compute_the_same(mo
     summation order allows, in both the plain and the llama.cpp numerics."""
     gguf = GGUFFile(models["llama"])
     weights = load_weights(gguf)
-    wide = [n for n, w in weights.items() if w.dim() == 2 and w.shape[0] > w.shape[1]]
-    narrow = [n for n, w in weights.items() if w.dim() == 2 and w.shape[0] <= w.shape[1]]
+    wide = [n for n, w in weights.items() if w.dim() == 2 and w.shape[0] > w.shape[1] and not n.startswith("blk.")]
+    narrow = [n for n in weights if n.endswith(("attn_output.weight", "ffn_down.weight"))]
     assert wide and narrow
     assert all(weights[n].t().is_contiguous() and not weights[n].is_contiguous() for n in wide)
     assert all(weights[n].is_contiguous() for n in narrow)
     assert all(w.is_contiguous() for w in load_weights(gguf, dtype=torch.bfloat16).values())
+    # q, k, v (and gate, up) side by side in one block: consecutive rows of one K-major matrix.
+    for il in range(3):
+        for group in (("attn_q", "attn_k", "attn_v"), ("ffn_gate", "ffn_up")):
+            names = [f"blk.{il}.{m}.weight" for m in group]
+            ws = [weights[n] for n in names]
+            rows = sum(len(w) for w in ws)
+            assert all(w.stride() == (1, rows) for w in ws)
+            assert [w.storage_offset() - ws[0].storage_offset() for w in ws] == [sum(len(u) for u in ws[:i]) for i in range(len(ws))]
+            for n, w in zip(names, ws):
+                assert torch.equal(w, dequantize_weight(gguf, n, "cpu", torch.float32, layout=False))
     for numerics in ("exact", "llamacpp"):
         logits, tokens, engine = run_logits(models["llama"], background=False, numerics=numerics)
         logits = list(logits)  # run_logits' listener goes on appending to its list

@@ -52,6 +52,10 @@ class Gemma3:
     def linear(self, x: torch.Tensor, name: str) -> torch.Tensor:
         return self.num.linear(x, self.w[name], name)
 
+    def linears(self, x: torch.Tensor, *names: str) -> list[torch.Tensor]:
+        """Several weights that read the same x, one matmul where they are stored side by side."""
+        return self.num.linears(x, [self.w[n] for n in names], list(names))
+
     def norm(self, x: torch.Tensor, name: str) -> torch.Tensor:
         return self.num.rms_norm(x, self.w[name], self.args.rms_eps)
 
@@ -77,9 +81,10 @@ class Gemma3:
             if bus.wants("attn_norm", il):
                 bus.emit("attn_norm", step, il, tensors={"out": h})
 
-            q = self.linear(h, p + "attn_q.weight").view(T, a.n_head, a.head_dim)  # (T, nh, hd)
-            k = self.linear(h, p + "attn_k.weight").view(T, a.n_head_kv, a.head_dim)  # (T, nkv, hd)
-            v = self.linear(h, p + "attn_v.weight").view(T, a.n_head_kv, a.head_dim)
+            q, k, v = self.linears(h, p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight")
+            q = q.view(T, a.n_head, a.head_dim)  # (T, nh, hd)
+            k = k.view(T, a.n_head_kv, a.head_dim)  # (T, nkv, hd)
+            v = v.view(T, a.n_head_kv, a.head_dim)
             if bus.wants("qkv", il):
                 bus.emit("qkv", step, il, tensors={"q": q, "k": k, "v": v})
 
@@ -116,8 +121,8 @@ class Gemma3:
             if bus.wants("ffn_norm", il):
                 bus.emit("ffn_norm", step, il, tensors={"out": h})
             # GeGLU: gelu(gate) * up, then down.
-            gate = self.linear(h, p + "ffn_gate.weight")
-            ffn_out = self.linear(num.geglu(gate, self.linear(h, p + "ffn_up.weight")), p + "ffn_down.weight")
+            gate, up = self.linears(h, p + "ffn_gate.weight", p + "ffn_up.weight")
+            ffn_out = self.linear(num.geglu(gate, up), p + "ffn_down.weight")
             ffn_post = self.norm(ffn_out, p + "post_ffw_norm.weight")
             if bus.wants("ffn_out", il):
                 bus.emit("ffn_out", step, il, tensors={"out": ffn_out, "post_norm": ffn_post})

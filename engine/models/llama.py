@@ -53,6 +53,13 @@ class Llama:
         bias = self.w.get(name + ".bias")
         return y if bias is None else y + bias
 
+    def linears(self, x: torch.Tensor, *names: str) -> list[torch.Tensor]:
+        """`linear` for several weights that read the same x, as one matmul where they are stored
+        side by side (engine/weights.py): q, k, v; gate, up."""
+        ys = self.num.linears(x, [self.w[n + ".weight"] for n in names], [n + ".weight" for n in names])
+        biases = [self.w.get(n + ".bias") for n in names]
+        return [y if b is None else y + b for y, b in zip(ys, biases)]
+
     def qk_norm(self, x: torch.Tensor, name: str) -> torch.Tensor:
         """qwen3: RMSNorm over each head's head_dim values, where the file has the weight."""
         weight = self.w.get(name + ".weight")
@@ -81,9 +88,10 @@ class Llama:
             if bus.wants("attn_norm", il):
                 bus.emit("attn_norm", step, il, tensors={"out": h})
 
-            q = self.linear(h, p + "attn_q").view(T, a.n_head, a.head_dim)  # (T, nh, hd)
-            k = self.linear(h, p + "attn_k").view(T, a.n_head_kv, a.head_dim)  # (T, nkv, hd)
-            v = self.linear(h, p + "attn_v").view(T, a.n_head_kv, a.head_dim)
+            q, k, v = self.linears(h, p + "attn_q", p + "attn_k", p + "attn_v")
+            q = q.view(T, a.n_head, a.head_dim)  # (T, nh, hd)
+            k = k.view(T, a.n_head_kv, a.head_dim)  # (T, nkv, hd)
+            v = v.view(T, a.n_head_kv, a.head_dim)
             if bus.wants("qkv", il):
                 bus.emit("qkv", step, il, tensors={"q": q, "k": k, "v": v})
 
@@ -118,8 +126,8 @@ class Llama:
             if p + "ffn_gate_inp.weight" in w:  # a router: this layer's FFN is a mixture of experts
                 ffn_out = moe_ffn(num, w, p, h, self.routing, bus, step, il)
             else:  # SwiGLU: silu(gate) * up, then down.
-                gate = self.linear(h, p + "ffn_gate")
-                ffn_out = self.linear(num.swiglu(gate, self.linear(h, p + "ffn_up")), p + "ffn_down")
+                gate, up = self.linears(h, p + "ffn_gate", p + "ffn_up")
+                ffn_out = self.linear(num.swiglu(gate, up), p + "ffn_down")
             if bus.wants("ffn_out", il):
                 bus.emit("ffn_out", step, il, tensors={"out": ffn_out})
             x = x + ffn_out
