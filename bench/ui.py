@@ -1,28 +1,51 @@
-"""How long a keypress takes in the inspector on a real 30-layer trace (issue #6: "never more than ~50 ms").
+"""How long a keypress takes to reach the screen in the inspector on real 30-layer traces (issue #6).
 
-    python bench/ui.py                    # record SmolLM2 traces (a short and a ~300-token prompt), then time
-    python bench/ui.py --trace /tmp/ui.trace --reps 7      # time an existing trace only
-    python bench/ui.py --profile a        # also cProfile the presses of key `a`, top 25 by cumulative time
+    python bench/ui.py                    # record two SmolLM2 traces (a short chat, a 512-token prompt), then time
+    python bench/ui.py --trace /tmp/ui_long.trace          # time an existing trace only (repeatable)
+    python bench/ui.py --profile a        # also cProfile the presses of key `a`, top 30 by cumulative time
 
-Records with the CLI (`python -m inspector.cli --headless -n 16 --record ... --numerics exact PROMPT`;
-the short prompt with `--chat`: without the template SmolLM2 draws EOS at once and the trace has one step),
-opens the file with `traces.open` (timed), and drives the app headless with Textual's pilot:
-each press is timed from `pilot.press(key)` to `pilot.pause()` returning (the screen painted and
-the process idle). `pause()` waits in 20 ms slices until one passes with the CPU idle, so the wall
-figure has a ~20 ms floor and 20 ms steps; the CPU figure (process time over the same span) is
-the work itself. Each key is measured in the views where it means something, alternating with
-its opposite so that every press changes what is shown ([ / ], l / L, h / H, ↓ / ↑), and the view
-keys at a new step each repetition, so no press is served by a view's "nothing changed" check.
+Records with the CLI (`python -m inspector.cli --headless -n 16 --record ... --numerics exact PROMPT`:
+the short prompt with `--chat`, since without the template SmolLM2 draws EOS at once; the long one,
+512 prompt tokens, with `--capture full`, so the prefill keeps all 512 × 512 attention weights),
+opens the file with `traces.open` (timed) and drives the app headless at 140 × 40.
 
-The machine is noisy: the last column is the ratio to a key bound to nothing (`z`), measured in
-the same run, interleaved with the others. The last lines give the median and worst over every
-timed press (the issue's figures), with and without the help screen.
+What is measured. A press starts when the key event is handed to the app (the driver's
+`send_message`, as a terminal's input thread does) and ends when the app has done the last piece
+of work that press caused: the last message handled by any widget, the last idle handler, the
+screen's frame-timer callback that lays out and paints, the after-paint callbacks. The paint
+includes turning the compositor's update into the escape sequences a terminal would be sent
+(headless Textual skips that; the bench does it, so its cost is counted). The bench waits for
+50 ms of quiet before the next press, so presses never overlap. `ms` is that wall time; `cpu`
+the process time over the same span; `1st paint` the wall time to the end of the first paint
+(what the person sees first; a press that needs a second frame, such as the navigator's cursor
+following the view, ends later, and Textual spaces frames 1/60 s apart). A key bound to nothing
+(`z`) is pressed between the others: its time is the pipeline's own (key routing through the
+screen and the focused widget), and the last column is each key's ratio to it. The machine has
+two cores shared with other work: the medians are steady, the worst figures are noisy.
 
-Where a press's time went (cProfile of a stepping session, 2 cores): Textual's compositor
-re-rendering widgets, not our code. The app's `selection` repainted the whole screen on every
-change (now `repaint=False`: each view refreshes what it changed); Text-rendered views go
-through `views/lines.TextLines` (one Strip per line, cached until the view changes); the tokens
-view updates a Static only when its text changed (each update lays out the whole screen).
+What is pressed, each press changing what is shown (no press is served by a "nothing changed" check):
+* view keys (t a g r v k s e p) at a new step and layer each repetition;
+* stepping through the whole trace in each view: `]` from the first step to the last, `[` back;
+  `l` through all 30 layers, `L` back one; `h` / `H` through every head (attention, q·k·v);
+  `↓` / `↑` in the navigator;
+* opening the attention view (`a`, from the tokens view) at the prefill of the long trace,
+  where each layer's map is 512 × 512, at five layers;
+* the help screen, open and closed.
+The last lines give the issue's figures: median and worst over every timed press, over the
+stepping presses, and over the attention opens.
+
+Where a press's time goes (`--profile KEY`; 2 shared cores, so compare ratios in one run): a step
+repaints the view, the navigator (every stop's time changes), the step bar and the stream, at
+~0.1-0.3 ms of Textual's pipeline per line painted; a Static.update lays the whole screen out again.
+Fixed so far: the navigator re-expanded open stops on every layer key (Tree.expand rebuilds the
+tree and lays out the screen, then a second frame moved the cursor), and relabelled every layer row
+of every open stop on each step (with four stops open, a step cost twice as much); TextLines split lines through
+rich's `divide` (a third of the residual view's paint); logits, sampling and timing drew through
+Textual's content path (now TextLines; timing also keeps its per-step sums); the event view was two
+Statics in a container (a layout and two full wraps per step; now the line API). Left: the tokens
+view on a long prompt, the attention view (three Static updates and a new virtual size per change:
+three layouts; per-head entropy of all heads per change), the kv view's Statics, the help screen's
+first open (its CSS is loaded then).
 """
 
 from __future__ import annotations
@@ -36,8 +59,16 @@ import statistics
 import subprocess
 import sys
 import time
+import unicodedata
 from dataclasses import replace
 from pathlib import Path
+
+from textual import events
+from textual.app import App
+from textual.keys import REPLACED_KEYS, _character_to_key, _get_unicode_name_from_key
+from textual.message_pump import MessagePump
+from textual.screen import Screen
+from textual._compositor import CompositorUpdate
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -46,101 +77,201 @@ import traces  # noqa: E402
 from inspector.app import make_app  # noqa: E402
 
 SHORT = "Explain the theory of relativity in simple terms."
-LONG = " ".join(
-    ["The theory of relativity, proposed by Albert Einstein, changed how physicists think about space, "
-     "time, gravity and motion."] * 12) + " Explain it in simple terms."  # ≈ 300 tokens
+SENTENCE = ("The theory of relativity, proposed by Albert Einstein, changed how physicists think about space, "
+            "time, gravity and motion.")
+LONG = " ".join([SENTENCE] * 22) + " Explain it in simple terms."  # 512 tokens with SmolLM2's tokenizer
 SIZE = (140, 40)
+QUIET_S = 0.05  # a press is over once the app has done nothing for this long
 VIEW_KEYS = [("t", "tokens"), ("a", "attention"), ("g", "logits"), ("r", "residual"), ("v", "qkv"),
              ("k", "kv"), ("s", "sampling"), ("e", "event"), ("p", "timing")]
-# Keys that move within a view, each with the key that undoes it, and the views they are timed in.
-PAIRS = [("right_square_bracket", "left_square_bracket"), ("l", "L"), ("h", "H"), ("down", "up")]
 HEAD_VIEWS = {"attention", "qkv"}
-IDLE = "z"  # bound to nothing: the cost of a keypress through the pipeline, and of pause()
+PREFILL_LAYERS = (0, 7, 15, 22, 29)
+IDLE = "z"  # bound to nothing: the cost of a keypress through the pipeline
 
 
-def record(path: Path, prompt: str, chat: bool) -> None:
+class Activity:
+    """The last moment the app did any work, and when its paints ended.
+
+    Hooks Textual's message pumps (every message, and the callbacks after idle handlers), the
+    screen's frame timer and after-paint callbacks, and the app's `_display` (the paint)."""
+
+    def __init__(self) -> None:
+        self.wall = self.cpu = 0.0
+        self.paints: list[float] = []
+
+    def mark(self) -> None:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def install(self) -> None:
+        for cls, name in ((MessagePump, "_dispatch_message"), (MessagePump, "_flush_next_callbacks"),
+                          (Screen, "_invoke_and_clear_callbacks")):
+            setattr(cls, name, self._async_after(getattr(cls, name)))
+        on_timer = Screen._on_timer_update
+
+        def on_timer_update(screen):
+            try:
+                return on_timer(screen)
+            finally:
+                self.mark()
+        Screen._on_timer_update = on_timer_update
+        display = App._display
+
+        def display_and_encode(app, screen, renderable):
+            display(app, screen, renderable)
+            if app.is_headless and isinstance(renderable, CompositorUpdate):
+                renderable.render_segments(app.console)  # what a terminal would be sent
+            self.mark()
+            self.paints.append(self.wall)
+        App._display = display_and_encode
+
+    def _async_after(self, method):
+        async def wrapped(pump, *args):
+            try:
+                return await method(pump, *args)
+            finally:
+                self.mark()
+        return wrapped
+
+
+def key_event(key: str) -> events.Key:
+    """The event a terminal's driver posts for `key` (as Textual's own pilot builds it)."""
+    if len(key) == 1 and not key.isalnum():
+        key = _character_to_key(key)
+    try:
+        char = unicodedata.lookup(_get_unicode_name_from_key(REPLACED_KEYS.get(key, key)))
+    except KeyError:
+        char = key if len(key) == 1 else None
+    return events.Key(key, char)
+
+
+def record(path: Path, prompt: str, chat: bool, full: bool) -> None:
     cmd = [sys.executable, "-m", "inspector.cli", "--headless", "-n", "16", "--record", str(path),
-           "--numerics", "exact", *(["--chat"] if chat else []), prompt]
+           "--numerics", "exact", *(["--chat"] if chat else []),
+           *(["--capture", "full", "--max-trace-size", "4G"] if full else []), prompt]
     subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
 
 
-class Timer:
-    def __init__(self, pilot, profile_key: str | None) -> None:
-        self.pilot = pilot
-        self.rows: dict[tuple[str, str], list[tuple[float, float]]] = {}
+class Bench:
+    def __init__(self, app, activity: Activity, profile_key: str | None) -> None:
+        self.app, self.activity = app, activity
+        # (key, where) -> [(ms to the last work, cpu ms, ms to the first paint)]
+        self.rows: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
+        self.sections: dict[str, list[tuple[str, str]]] = {}
         self.profile_key = profile_key
         self.profiler = cProfile.Profile() if profile_key else None
 
-    async def press(self, key: str, view: str, measure: bool = True) -> None:
-        profiling = self.profiler is not None and measure and key == self.profile_key
-        wall, cpu = time.perf_counter(), time.process_time()
+    async def settle(self) -> None:
+        start = time.perf_counter()
+        while True:
+            await asyncio.sleep(0.01)
+            screen = self.app.screen  # a press may open another
+            quiet = time.perf_counter() - self.activity.wall > QUIET_S
+            if quiet and not (screen._dirty_widgets or screen._layout_required or screen._repaint_required):
+                return
+            if time.perf_counter() - start > 30:
+                raise RuntimeError(f"the app is still busy 30 s after a press ({self.app.selection})")
+
+    async def press(self, key: str, where: str, section: str | None = None) -> None:
+        """Press `key` and wait for it to be done; timed unless `section` is None."""
+        await self.settle()
+        profiling = self.profiler is not None and section is not None and key == self.profile_key
         if profiling:
             self.profiler.enable()
-        await self.pilot.press(key)
-        await self.pilot.pause()
+        wall, cpu = time.perf_counter(), time.process_time()
+        self.activity.wall, self.activity.cpu, paints = wall, cpu, len(self.activity.paints)
+        self.app._driver.send_message(key_event(key))
+        await self.settle()
         if profiling:
             self.profiler.disable()
-        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        if measure:
-            self.rows.setdefault((key, view), []).append((wall * 1e3, cpu * 1e3))
+        if section is None:
+            return
+        first = self.activity.paints[paints] if len(self.activity.paints) > paints else self.activity.wall
+        sample = ((self.activity.wall - wall) * 1e3, (self.activity.cpu - cpu) * 1e3, (first - wall) * 1e3)
+        self.rows.setdefault((key, where), []).append(sample)
+        if (key, where) not in self.sections.setdefault(section, []):
+            self.sections[section].append((key, where))
+
+    async def select(self, **changes) -> None:
+        """Move the selection without a key (not timed)."""
+        self.app.selection = replace(self.app.selection, **changes)
+        await self.settle()
 
 
-async def drive(trace, reps: int, timer_args) -> Timer:
+async def drive(trace, reps: int, profile_key: str | None, activity: Activity) -> Bench:
     app = make_app(trace)
-    steps = trace.steps
+    steps, n_layer = trace.steps, trace.n_layer
+    n_head = int(trace.info.get("model", {}).get("n_head") or 1)
     async with app.run_test(size=SIZE) as pilot:
         await pilot.pause()
-        timer = Timer(pilot, *timer_args)
-        for _ in range(5):
-            await timer.press(IDLE, "-")
-        # View keys: a new step each repetition, so each press draws its view afresh.
+        bench = Bench(app, activity, profile_key)
+        for _ in range(3):
+            await bench.press(IDLE, "-", "idle")
+        # Opening each view: a new step and layer each repetition.
         for rep in range(reps):
-            app.selection = replace(app.selection, step=steps[(rep * 5 + 1) % len(steps)], layer=rep * 7 % 30)
-            await pilot.pause()
+            await bench.select(step=steps[(rep * 5 + 1) % len(steps)], layer=rep * 7 % n_layer)
             for key, view in VIEW_KEYS:
-                await timer.press(key, view)
-            await timer.press(IDLE, "-")
-        # Moving keys, in each view where they mean something.
+                await bench.press(key, view, "open")
+            await bench.press(IDLE, "-", "idle")
+        # Stepping through the whole trace, in each view.
         for vkey, view in VIEW_KEYS:
-            await timer.press(vkey, view, measure=False)
-            app.selection = replace(app.selection, step=steps[len(steps) // 2])
-            await pilot.pause()
-            for forward, back in PAIRS:
-                if forward == "h" and view not in HEAD_VIEWS:
-                    continue
-                if forward == "down":  # the navigator's cursor picks a stop, and with it a view
-                    await timer.press(vkey, view, measure=False)
-                for _ in range(reps):
-                    await timer.press(forward, view)
-                    await timer.press(back, view)
-                await timer.press(IDLE, "-")
-        await timer.press("question_mark", "help")
-        await timer.press("escape", "help")
-    return timer
+            await bench.press(vkey, view)
+            await bench.select(step=steps[0], layer=0, head=0)
+            for _ in steps[1:]:
+                await bench.press("right_square_bracket", view, "step")
+            for _ in steps[1:]:
+                await bench.press("left_square_bracket", view, "step")
+            for _ in range(n_layer):
+                await bench.press("l", view, "step")
+            await bench.press("L", view, "step")
+            if view in HEAD_VIEWS:
+                for _ in range(n_head):
+                    await bench.press("h", view, "step")
+                await bench.press("H", view, "step")
+            await bench.press(vkey, view)  # the navigator's cursor on the view's stop
+            for _ in range(reps):
+                await bench.press("down", view, "step")
+                await bench.press("up", view, "step")
+            await bench.press(IDLE, "-", "idle")
+        # Opening the attention view at the prefill, where the map is every prompt token squared.
+        for layer in PREFILL_LAYERS:
+            await bench.press("t", "tokens")
+            await bench.select(step=steps[0], layer=layer % n_layer, head=0)
+            await bench.press("a", "attn@prefill", "prefill")
+        await bench.press("question_mark", "help", "help")
+        await bench.press("escape", "help", "help")
+    return bench
 
 
-def report(label: str, timer: Timer) -> None:
-    idle = statistics.median(w for w, _ in timer.rows[(IDLE, "-")])
-    idle_cpu = statistics.median(c for _, c in timer.rows[(IDLE, "-")])
-    print(f"\n{label}: trivial key `{IDLE}` median {idle:.1f} ms wall, {idle_cpu:.1f} ms cpu")
-    print(f"{'key':<22}{'view':<11}{'n':>3}{'median ms':>11}{'max ms':>9}{'cpu med':>9}{'cpu max':>9}"
-          f"{'× trivial':>11}")
-    for (key, view), samples in timer.rows.items():
-        walls, cpus = [w for w, _ in samples], [c for _, c in samples]
+def summary(samples: list[tuple[float, float, float]]) -> str:
+    walls, cpus, firsts = zip(*samples)
+    return (f"n {len(walls)}, median {statistics.median(walls):.1f} ms, worst {max(walls):.1f} ms"
+            f" (cpu median {statistics.median(cpus):.1f}, worst {max(cpus):.1f};"
+            f" first paint median {statistics.median(firsts):.1f})")
+
+
+def report(label: str, bench: Bench) -> None:
+    idle = statistics.median(w for w, _, _ in bench.rows[(IDLE, "-")])
+    print(f"\n{label}: key `{IDLE}` (bound to nothing) median {idle:.2f} ms")
+    print(f"{'key':<22}{'view':<14}{'n':>4}{'ms med':>8}{'ms max':>8}{'cpu med':>9}{'cpu max':>9}"
+          f"{'1st paint':>11}{'× z':>8}")
+    for (key, view), samples in bench.rows.items():
+        walls, cpus, firsts = zip(*samples)
         med = statistics.median(walls)
-        print(f"{key:<22}{view:<11}{len(samples):>3}{med:>11.1f}{max(walls):>9.1f}"
-              f"{statistics.median(cpus):>9.1f}{max(cpus):>9.1f}{med / idle:>11.2f}")
-    worst = max(timer.rows.items(), key=lambda kv: max(w for w, _ in kv[1]))
-    print(f"slowest single press: {worst[0][0]} in {worst[0][1]}: {max(w for w, _ in worst[1]):.1f} ms")
-    # The issue's figures: every timed press (not the idle key), and without the help screen's first open.
-    for name, keep in (("all presses", lambda k: k[0] != IDLE), ("all but help", lambda k: k[1] not in ("-", "help"))):
-        walls = [w for k, samples in timer.rows.items() if keep(k) for w, _ in samples]
-        cpus = [c for k, samples in timer.rows.items() if keep(k) for _, c in samples]
-        print(f"{name}: n {len(walls)}, wall median {statistics.median(walls):.1f} ms, worst {max(walls):.1f} ms;"
-              f" cpu median {statistics.median(cpus):.1f} ms, worst {max(cpus):.1f} ms")
-    if timer.profiler is not None:
+        print(f"{key:<22}{view:<14}{len(samples):>4}{med:>8.1f}{max(walls):>8.1f}{statistics.median(cpus):>9.1f}"
+              f"{max(cpus):>9.1f}{statistics.median(firsts):>11.1f}{med / idle:>8.1f}")
+    worst = max((kv for kv in bench.rows.items() if kv[0][0] != IDLE), key=lambda kv: max(s[0] for s in kv[1]))
+    print(f"slowest single press: {worst[0][0]} in {worst[0][1]}: {max(s[0] for s in worst[1]):.1f} ms")
+    groups = {"every press": [k for k in bench.rows if k[0] != IDLE],
+              "stepping through the trace": bench.sections.get("step", []),
+              "opening each view": bench.sections.get("open", []),
+              "opening attention at the prefill": bench.sections.get("prefill", [])}
+    for name, keys in groups.items():
+        samples = [s for k in keys for s in bench.rows[k]]
+        if samples:
+            print(f"{name}: {summary(samples)}")
+    if bench.profiler is not None:
         out = io.StringIO()
-        pstats.Stats(timer.profiler, stream=out).sort_stats("cumulative").print_stats(25)
+        pstats.Stats(bench.profiler, stream=out).sort_stats("cumulative").print_stats(30)
         print(out.getvalue())
 
 
@@ -157,8 +288,10 @@ def main() -> None:
         paths = [args.dir / "ui.trace", args.dir / "ui_long.trace"]
         for path, prompt, chat in zip(paths, (SHORT, LONG), (True, False)):
             t = time.perf_counter()
-            record(path, prompt, chat)
+            record(path, prompt, chat, full=not chat)
             print(f"recorded {path} in {time.perf_counter() - t:.1f} s")
+    activity = Activity()
+    activity.install()
     for path in paths:
         t = time.perf_counter()
         trace = traces.open(path)
@@ -167,10 +300,10 @@ def main() -> None:
         print(f"\n{path}: {path.stat().st_size / 2**20:.1f} MiB, {len(trace.steps)} steps, {n_prompt} prompt tokens,"
               f" {trace.n_layer} layers; traces.open {opened * 1e3:.1f} ms")
         try:
-            timer = asyncio.run(drive(trace, args.reps, (args.profile,)))
+            bench = asyncio.run(drive(trace, args.reps, args.profile, activity))
         finally:
             trace.close()
-        report(path.name, timer)
+        report(path.name, bench)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ The engine needs no knowledge of any of this: it is stopped inside `emit`.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Callable
 
 from engine.breakpoints import Breakpoint, PeerTimes
@@ -30,6 +31,7 @@ class RunController:
         self.paused_at: Event | None = None  # the event the run is stopped at, if paused
         self.reason = "running"
         self.peers = PeerTimes()  # for relative timing breakpoints (slow>3x)
+        self.blocked_ns = 0  # time the engine thread waited here for the user (engine/hooks.py's HookCost)
 
     # Called in the engine thread by the hook bus.
     def __call__(self, event: Event) -> None:
@@ -46,7 +48,9 @@ class RunController:
             self._pause_when = None
             self.paused_at = event
             self._go.clear()
+        waited = time.perf_counter_ns()
         self._go.wait()
+        self.blocked_ns += time.perf_counter_ns() - waited  # not the hooks' cost: the bus leaves it out
         with self._lock:
             if self._cancelled:
                 raise RunCancelled()

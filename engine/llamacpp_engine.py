@@ -157,7 +157,11 @@ class LlamaCppEngine(ModelFile):
                          kind="prefill" if step == 0 else "decode")
             every_row = step == 0 and len(inputs) > 1 and self.capture.needs_all_rows()
             self.capture.begin(step, pos, len(inputs))
+            # The eval callback's time outside the emits inside it is this engine's hook cost (engine/hooks.py).
+            marks = (graph.callback_ns, graph.callback_calls, bus.emitted_ns)
             out = graph.decode(inputs, logits="all" if every_row else "last", pos=pos)
+            bus.callback_cost(step, graph.callback_ns - marks[0] - (bus.emitted_ns - marks[2]),
+                              graph.callback_calls - marks[1])
             logits = torch.from_numpy(out.logits[-1])
             if not bool(torch.isfinite(logits).all()):
                 raise NumericalError(f"llama.cpp's logits at step {step} are not finite")
@@ -165,6 +169,7 @@ class LlamaCppEngine(ModelFile):
             token = chain.sample(logits, history, step, bus)
             history.append(token)
             result = release(bus, tok, stream, step, token, last=step == n_predict - 1)
+            bus.end_step()  # the step's hook cost goes to the listeners
             yield result
             if result.stop:
                 return

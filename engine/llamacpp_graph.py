@@ -29,6 +29,7 @@ without building a ctypes structure, since the ask phase runs for every node of 
 from __future__ import annotations
 
 import ctypes
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
@@ -251,6 +252,10 @@ class LlamaGraph:
 
         self.observer: Observer | None = None
         self.error: BaseException | None = None  # raised by the observer inside the callback
+        # Time inside the callback while an observer watches, and its calls, so far: the hook cost of
+        # the llama.cpp engine (engine/hooks.py HookBus.callback_cost). Two clock reads a call.
+        self.callback_ns = 0
+        self.callback_calls = 0
         self._cb = L.ggml_backend_sched_eval_callback(self._callback)  # held: C keeps only the pointer
         self.callback = callback
         self.flash_attn = flash_attn
@@ -308,6 +313,7 @@ class LlamaGraph:
     def _callback(self, node, ask, _user):
         if self.error is not None or self.observer is None:
             return not ask  # asked: no; computed: go on
+        t = time.perf_counter_ns()
         try:
             if ask:
                 return bool(self.observer.ask(node))
@@ -317,6 +323,9 @@ class LlamaGraph:
             # listener's error): keep it, let the graph finish unobserved, raise it after.
             self.error = e
             return False
+        finally:
+            self.callback_ns += time.perf_counter_ns() - t
+            self.callback_calls += 1
         return True
 
     # -- decoding ------------------------------------------------------------------

@@ -6,7 +6,8 @@ import pytest
 from inspector.app import make_app
 from tests.fixtures import synthetic
 from tests.fixtures.screen import screen_text
-from views.attention import Heatmap, head_map
+from views.attention import AttentionView, Heatmap, head_entropy, head_map
+from views.format import entropy
 from views.logits import top_k
 from views.pieces import readable
 from views.safe import escape_controls, safe
@@ -125,6 +126,50 @@ def test_gqa_group_follows_the_head():
     trace.info["model"].update(n_head=4, n_head_kv=2)
     weights = np.full((4, 1, 3), 1 / 3, dtype=np.float32)
     assert [head_map(trace, 1, 0, h, weights).group for h in range(4)] == [0, 0, 1, 1]
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_head_entropy_matches_the_float64_rows(causal):
+    rng = np.random.default_rng(0)
+    n_q = n_k = 150  # more than one block of queries, and a last block cut short
+    logits = rng.normal(size=(3, n_q, n_k))
+    if causal:
+        logits[:, np.triu_indices(n_k, 1)[0], np.triu_indices(n_k, 1)[1]] = -np.inf
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    weights = (weights / weights.sum(-1, keepdims=True)).astype(np.float32)
+    expected = entropy(weights.astype(np.float64), axis=-1).mean(axis=-1)
+    assert np.allclose(head_entropy(weights), expected, atol=1e-5)
+    decode = weights[:, -1:, :]  # one query that sees every key
+    assert np.allclose(head_entropy(decode), entropy(decode.astype(np.float64), axis=-1).mean(axis=-1), atol=1e-5)
+
+
+async def test_attention_head_change_keeps_the_entropies_and_the_layout(synthetic_trace):
+    app = make_app(synthetic_trace)
+    async with app.run_test(size=LARGE) as pilot:
+        await pilot.press("a")
+        view = app.query_one(AttentionView)
+        first = dict(view._entropies)
+        before = screen_text(app)
+        layouts = []  # a layout repaints the whole screen: a head change needs none
+        refresh_layout = app.screen._refresh_layout
+        app.screen._refresh_layout = lambda *args, **kwargs: (layouts.append(args), refresh_layout(*args, **kwargs))
+        await pilot.press("h")
+        assert "head 1/3" in screen_text(app) and screen_text(app) != before
+        assert view._entropies.keys() == first.keys()  # the same event: not computed again
+        assert all(view._entropies[k] is v for k, v in first.items())
+        assert layouts == []
+
+
+async def test_heatmap_redraws_in_the_focus_colour(synthetic_trace):
+    app = make_app(synthetic_trace)
+    async with app.run_test(size=LARGE) as pilot:
+        await pilot.press("a")
+        heatmap = app.query_one(Heatmap)
+        blurred = heatmap.render_line(0)._segments[0].style.bgcolor
+        heatmap.focus()
+        await pilot.pause()
+        focused = heatmap.render_line(0)._segments[0].style.bgcolor
+        assert focused == heatmap.rich_style.bgcolor != blurred
 
 
 async def test_attention_view_says_when_a_layer_has_not_run(synthetic_trace):

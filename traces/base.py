@@ -95,6 +95,11 @@ class Trace:
         """Where the size budget stopped the tensors (`Truncation(step, seq, reason)`), or None."""
         return None
 
+    def hook_cost(self, step: int):
+        """What the hook machinery cost this step (traces/schema.py HookCost), or None: not measured
+        (a trace older than the measurement, or a step whose cost never reached the recorder)."""
+        return None
+
     def index(self, step: int) -> StepIndex:
         """The step's events by key. Subclasses cache it; this builds it every time."""
         return StepIndex(self.events(step))

@@ -14,7 +14,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from traces.base import StepIndex, Trace
-from traces.schema import Event
+from traces.schema import Event, HookCost
 from traces.writer import Truncation, budget_reason
 
 if TYPE_CHECKING:
@@ -38,6 +38,7 @@ class MemoryTrace(Trace):
         self._order: list[int] = []
         self._tokens: dict[int, int] = {}  # step -> the token drawn, as the sample events arrive
         self._text: list[str] = []
+        self._costs: dict[int, HookCost] = {}
         self._complete = False
 
     def __call__(self, event: Event) -> None:
@@ -56,6 +57,13 @@ class MemoryTrace(Trace):
             self._tokens.setdefault(event.step, int(event.scalars["token"]))
         elif event.stop == "stream":
             self._text.append(event.scalars.get("text", ""))
+
+    def step_cost(self, step: int, cost: HookCost) -> None:
+        """The hook bus's report of what its hooks cost this step (engine/hooks.py)."""
+        self._costs[step] = cost
+
+    def hook_cost(self, step: int) -> HookCost | None:
+        return self._costs.get(step)
 
     def _keep(self, event: Event) -> Event:
         tensors = event.tensors

@@ -27,7 +27,7 @@ from typing import NamedTuple
 import numpy as np
 
 from traces.base import StepIndex, Trace
-from traces.schema import STOP_BY_NAME, Event
+from traces.schema import STOP_BY_NAME, Event, HookCost
 from traces.writer import (
     ALIGN, COMMIT, COMMIT_KIND, COMMIT_RECORD, DTYPES, FOOTER, FOOTER_ENTRY, FOOTER_KIND, HEADER, INFO,
     MAGIC, RECORD, STEP, STEP_KIND, STEP_RECORD, TABLE, TENSORS_DROPPED, TRAILER, TRAILER_KIND,
@@ -107,6 +107,7 @@ class TraceReader(Trace):
         self._complete = False
         self._events: dict[int, StepIndex] = {}
         self._truncations: dict[int, Truncation] = {}  # from the tables read so far
+        self._costs: dict[int, HookCost] = {}  # the tables' `hooks`, as they are read
         self._bad: dict[int, TraceError] = {}
         self._derived: dict[str, object] = {}  # generated ids, streamed text: computed once
         self._mm = None
@@ -290,6 +291,10 @@ class TraceReader(Trace):
                 raise
         return cached
 
+    def hook_cost(self, step: int) -> HookCost | None:
+        self.index(step)  # the step's table, read once
+        return self._costs.get(step)
+
     @property
     def truncated_at(self) -> Truncation | None:
         """Where the size budget stopped the tensors (None if it never did): the first step whose
@@ -328,6 +333,11 @@ class TraceReader(Trace):
             raise TraceError(f"step {segment.step}: table is not {{'step': {segment.step}, 'events': [...]}}")
         data = (segment.offset + STEP_RECORD, segment.table)
         events = [self._event(segment.step, i, e, data) for i, e in enumerate(table["events"])]
+        if "hooks" in table:
+            try:
+                self._costs[segment.step] = HookCost.from_json(table["hooks"])
+            except ValueError as e:
+                raise TraceError(f"step {segment.step}: {e}") from None
         truncated = table.get("truncated")
         if truncated is not None:
             where = f"step {segment.step}: truncated"

@@ -101,6 +101,46 @@ class Event:
         return where
 
 
+@dataclass(frozen=True)
+class HookCost:
+    """What the hook machinery cost one step (engine/hooks.py measures it; docs/TRACE_FORMAT.md `hooks`):
+    the time inside the bus's `emit` -- the tensor copies, the listeners, the clock reads and the
+    rest of building an event -- and, for the llama.cpp engine, inside its eval callback. Time a
+    listener spent blocked (a controller paused at a breakpoint) is counted apart, in none of the others.
+    None of it is in any stop's `dur_ns`, except the eval callback's (it runs between llama.cpp's nodes)."""
+
+    stops: int  # events emitted in the step
+    hooks_ns: int  # all of it: copy + listener + callback + clock + the rest of building the events
+    copy_ns: int = 0  # copying the captured tensors off the engine's buffers
+    listener_ns: int = 0  # the listeners (recorder, live trace, controller); in the engine's thread only
+    callback_ns: int = 0  # llama.cpp's eval callback outside emit: asking for and reading the graph's nodes
+    clock_ns: int = 0  # timing alone: stops x boundary_ns
+    boundary_ns: float = 0.0  # one stop boundary's clock reads (and CUDA event records), calibrated at bus start
+    blocked_ns: int = 0  # listeners waiting for the user, left out of everything above
+    wall_ns: int = 0  # the step on the engine thread's clock, hooks included, blocked time excluded
+
+    FIELDS = ("stops", "hooks_ns", "copy_ns", "listener_ns", "callback_ns", "clock_ns", "boundary_ns",
+              "blocked_ns", "wall_ns")
+
+    def to_json(self) -> dict:
+        return {k: getattr(self, k) for k in self.FIELDS}
+
+    @classmethod
+    def from_json(cls, obj) -> HookCost:
+        """From a table's `hooks` object; unknown keys are ignored, a wrong type raises ValueError."""
+        if not isinstance(obj, dict):
+            raise ValueError("hooks: not a JSON object")
+        values = {}
+        for k in cls.FIELDS:
+            v = obj.get(k, 0)
+            if type(v) not in (int, float) or v < 0 or (k != "boundary_ns" and type(v) is not int):
+                raise ValueError(f"hooks: {k} is not a non-negative {'number' if k == 'boundary_ns' else 'integer'}")
+            values[k] = v
+        if "stops" not in obj or "hooks_ns" not in obj:
+            raise ValueError("hooks: stops and hooks_ns are required")
+        return cls(**values)
+
+
 def check_stop(name: str) -> Stop:
     try:
         return STOP_BY_NAME[name]

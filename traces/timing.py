@@ -22,6 +22,7 @@ from statistics import median, quantiles
 
 from traces.base import Trace
 from traces.roofline import CostModel, Limits
+from traces.schema import HookCost
 
 MIN_SHARE = 0.01
 
@@ -46,6 +47,7 @@ class Profile:
     factor: float = 2.0
     limits: Limits | None = None  # the device's, measured when the run was profiled
     weights_as: str = ""  # how the engine reads its weights (the bytes counted): "float32", "GGUF blocks"
+    hooks: HookCost | None = None  # what the hooks cost a profiled step (median per field); None: not measured
 
     @property
     def outliers(self) -> list[Row]:
@@ -66,6 +68,7 @@ class Profile:
         return {"prefill_ns": self.prefill_ns, "decode_ns": self.decode_ns, "n_decode": self.n_decode,
                 "factor": self.factor, "weights_as": self.weights_as,
                 "device_limits": self.limits.to_info() if self.limits else None,
+                "hooks": self.hooks.to_json() if self.hooks else None,
                 "rows": [asdict(r) for r in self.rows]}
 
 
@@ -105,6 +108,16 @@ def step_samples(trace: Trace) -> tuple[dict[int, int], list[int], dict[tuple[st
     return totals, use, samples
 
 
+def hook_cost(trace: Trace, steps: list[int]) -> HookCost | None:
+    """The hooks' cost over `steps`, each field its median over the steps that measured it (so the
+    parts need not add up exactly); None when none did (a trace recorded before it was measured)."""
+    costs = [c for c in (trace.hook_cost(s) for s in steps) if c is not None]
+    if not costs:
+        return None
+    mid = {k: median([getattr(c, k) for c in costs]) for k in HookCost.FIELDS}
+    return HookCost(**{k: v if k == "boundary_ns" else int(v) for k, v in mid.items()})
+
+
 def profile(trace: Trace, factor: float = 2.0) -> Profile:
     totals, use, samples = step_samples(trace)
     decode = [s for s in trace.steps if s > 0]
@@ -133,7 +146,7 @@ def profile(trace: Trace, factor: float = 2.0) -> Profile:
         rows.append(Row(stop, layer, ns, ns / step_total if step_total else 0.0, ratio, outlier, nbytes, flops))
     rows.sort(key=lambda r: -r.median_ns)
     return Profile(totals.get(0, 0), int(median([totals[s] for s in decode])) if decode else 0, len(decode), rows,
-                   factor, Limits.from_info(trace.info), model.weights_as if model else "")
+                   factor, Limits.from_info(trace.info), model.weights_as if model else "", hook_cost(trace, use))
 
 
 # -- two profiles side by side -----------------------------------------------------------------

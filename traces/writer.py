@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from traces.schema import Event, check_stop
+from traces.schema import Event, HookCost, check_stop
 
 if TYPE_CHECKING:
     from traces.policy import CapturePolicy
@@ -150,6 +150,7 @@ class _Segment:
         self.entries: list[bytes] = []  # one JSON object per event
         self.flags = 0
         self.truncated: Truncation | None = None  # set in the step where the budget was reached
+        self.hooks: HookCost | None = None  # what the hooks cost the step, when the bus measured it
 
 
 class TraceWriter:
@@ -237,6 +238,13 @@ class TraceWriter:
                 self.truncated_at = self._seg.truncated = Truncation(step, event.seq, budget_reason(self.max_bytes))
         self._seg.entries.append(head[:-1] + entry.encode("ascii") + b"}")
 
+    def step_cost(self, step: int, cost: HookCost) -> None:
+        """The hook bus's report of what its hooks cost `step` (engine/hooks.py), written in the step's
+        table as `hooks`. It comes after the step's events, before the next step's; a step already
+        committed keeps its table (append-only), so a late report is dropped."""
+        if self._seg is not None and self._seg.step == step:
+            self._seg.hooks = cost
+
     def end_step(self, step: int) -> None:
         """Commit the step being recorded (a no-op when no event of `step` arrived)."""
         if self._seg is not None:
@@ -298,6 +306,8 @@ class TraceWriter:
         table = b'{"step":%d,"events":[' % seg.step + b",".join(seg.entries) + b"]"
         if seg.truncated is not None:
             table += b',"truncated":' + to_json({"seq": seg.truncated.seq, "reason": seg.truncated.reason}, "truncated")
+        if seg.hooks is not None:
+            table += b',"hooks":' + to_json(seg.hooks.to_json(), "hooks")
         table += b"}"
         table_offset = self._pos
         self._write(record(TABLE, table))

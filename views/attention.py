@@ -10,6 +10,11 @@ The key axis (top) is labelled with the key tokens' pieces written downwards, th
 (left) with the query tokens' pieces (upper / lower half); both stay put while the map scrolls.
 Colour is √(w / max w of the head), so small weights stay visible; future keys a causal query
 cannot see are drawn in a separate dark colour.
+
+Kept fast on a 512-token prefill (bench/ui.py, issue #6's ~50 ms a keypress): the per-head entropy
+is computed once per event, in float32 and over the causal triangle only, so a head change reuses it;
+each screen line is built from the keys on screen only and cached per (line, scroll, width); the text
+above and below the map is updated without a layout when its height stays the same.
 """
 
 from __future__ import annotations
@@ -29,11 +34,12 @@ from textual.geometry import Size
 from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
+from textual.visual import visualize
 from textual.widgets import Static
 
 from traces.base import Trace
 from views import colors
-from views.format import entropy, sparkline
+from views.format import sparkline
 from views.pieces import piece_format
 from views.safe import NL, assemble, truncate
 from views.selection import Selection
@@ -42,6 +48,8 @@ LABEL_WIDTH = 6  # cells of a query piece in the left gutter
 MAX_KEY_LABEL_ROWS = 5
 MASKED_LEVEL = -1
 NO_ROW = -2  # the lower half of the last line when the number of queries is odd
+ENTROPY_BLOCK = 64  # query rows per block of head_entropy
+STATS_KEPT = 64  # events whose per-head entropies are kept (AttentionView._entropies)
 
 
 @dataclass
@@ -76,27 +84,70 @@ class HeadMap:
         return self.head // per_group
 
 
-def head_map(trace: Trace, step: int, layer: int, head: int, weights: np.ndarray) -> HeadMap:
+@dataclass
+class KeyLabels:
+    """The pieces of a step's keys, as the map's axes and readout show them (the same for every
+    layer and head of the step)."""
+
+    labels: list[str]
+    special: list[bool]
+    axis: list[str]  # `<|im_start|>` → `im_start`
+    longest: int  # cells of the longest axis label
+
+
+def key_labels(trace: Trace, step: int, n_k: int) -> KeyLabels:
+    fmt = piece_format(trace)
+    ids = trace.context_ids(step)[:n_k]
+    labels = [fmt.show(i) for i in ids] + [f"#{j}" for j in range(len(ids), n_k)]
+    special = [fmt.is_special(i) for i in ids] + [False] * (n_k - len(ids))
+    axis = [_undecorate(label) if sp else label for label, sp in zip(labels, special)]
+    return KeyLabels(labels, special, axis, max((cell_len(label) for label in axis), default=1))
+
+
+def head_map(trace: Trace, step: int, layer: int, head: int, weights: np.ndarray,
+             keys: KeyLabels | None = None) -> HeadMap:
     """Build the map of one head from an `attn` event's weights [n_head, T_q, T_k]."""
     n_head, n_q, n_k = weights.shape
-    w = np.asarray(weights[head], dtype=np.float64)
+    w = np.asarray(weights[head])  # as stored (float32): a view, no copy of a 512 × 512 map
     vmax = float(w.max()) if w.size else 0.0
-    scaled = np.sqrt(np.clip(w / vmax, 0.0, 1.0)) if vmax > 0 else np.zeros_like(w)
-    levels = np.rint(scaled * (colors.LEVELS - 1)).astype(np.int16)
+    if vmax > 0:
+        scaled = np.clip(w / vmax, 0.0, 1.0)  # a float32 map stays float32
+        levels = np.rint(np.sqrt(scaled, out=scaled) * (colors.LEVELS - 1)).astype(np.int16)
+    else:
+        levels = np.zeros(w.shape, dtype=np.int16)
     # Causal mask: query i sits at position n_k - n_q + i and sees keys up to it.
     positions = np.arange(n_k - n_q, n_k)[:, None]
     levels[np.arange(n_k)[None, :] > positions] = MASKED_LEVEL
 
-    fmt = piece_format(trace)
-    ids = trace.context_ids(step)[:n_k]
-    key_labels = [fmt.show(i) for i in ids] + [f"#{j}" for j in range(len(ids), n_k)]
-    key_special = [fmt.is_special(i) for i in ids] + [False] * (n_k - len(ids))
+    keys = keys if keys is not None and len(keys.labels) == n_k else key_labels(trace, step, n_k)
     model = trace.info.get("model", {})
     n_kv = int(model.get("n_head_kv") or n_head)
-    key_axis = [_undecorate(label) if special else label for label, special in zip(key_labels, key_special)]
-    longest = max((cell_len(label) for label in key_axis), default=1)
-    return HeadMap(step, layer, head, n_head, n_kv, w, levels, key_labels, key_special,
-                   key_labels[n_k - n_q:], key_axis, vmax, longest)
+    return HeadMap(step, layer, head, n_head, n_kv, w, levels, keys.labels, keys.special,
+                   keys.labels[n_k - n_q:], keys.axis, vmax, keys.longest)
+
+
+def head_entropy(weights: np.ndarray) -> np.ndarray:
+    """Each head's entropy in nats, averaged over its query rows: [n_head, T_q, T_k] → [n_head].
+
+    float32 (the weights' own precision; a float64 copy of a prefill's [9, 512, 512] cost ~100 ms),
+    and by blocks of queries over the keys they can see: past a causal query's position the
+    weights are zero and contribute nothing (checked, not assumed: a block with any weight past
+    it is summed whole)."""
+    w = np.asarray(weights)
+    n_head, n_q, n_k = w.shape
+    total = np.zeros(n_head, dtype=np.float64)
+    if w.size == 0:
+        return total
+    tiny = np.finfo(w.dtype).tiny if w.dtype.kind == "f" else np.finfo(np.float64).tiny
+    for q0 in range(0, n_q, ENTROPY_BLOCK):
+        q1 = min(n_q, q0 + ENTROPY_BLOCK)
+        k1 = max(0, min(n_k, n_k - n_q + q1))  # keys up to the block's last query's position
+        if k1 < n_k and w[:, q0:q1, k1:].any():
+            k1 = n_k
+        p = w[:, q0:q1, :k1]
+        terms = p * np.log(np.maximum(p, tiny))  # 0 · log(tiny) = 0: zeros contribute nothing
+        total -= terms.sum(axis=-1).sum(axis=-1, dtype=np.float64)
+    return total / n_q
 
 
 def _undecorate(label: str) -> str:
@@ -124,10 +175,17 @@ class Heatmap(ScrollView, can_focus=True):
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.map: HeadMap | None = None
-        self._rows: LRUCache[tuple[str, int, int], Strip] = LRUCache(maxsize=1024)
+        # Whole screen lines, gutter and all, by (what, index, scroll x, width): a repaint that
+        # is not a change (the cursor, the frame after a scroll) draws nothing again.
+        self._lines: LRUCache[tuple[str, int, int, int], Strip] = LRUCache(maxsize=1024)
+        # The axes' strips (key label rows, query gutters): the same for every layer and head of a
+        # step, so kept while the labels are (`KeyLabels` is made once per step).
+        self._axis: LRUCache[tuple[str, int, int, int], Strip] = LRUCache(maxsize=1024)
+        self._axis_of: tuple | None = None
         self._styles: dict[tuple[int, int], Style] = {}
         self._cell_width = 1
         self._hover: tuple[int, int] | None = None
+        self._base: Style | None = None  # rich_style, read once: it walks the DOM (~0.2 ms a read)
 
     # Geometry -----------------------------------------------------------------
 
@@ -152,9 +210,13 @@ class Heatmap(ScrollView, can_focus=True):
 
     def set_map(self, head_map: HeadMap | None) -> None:
         self.map = head_map
-        self._rows.clear()
+        self._lines.clear()
+        axis_of = None if head_map is None else (id(head_map.key_axis), head_map.n_query, head_map.n_key)
+        if axis_of != self._axis_of:
+            self._axis.clear()
+            self._axis_of = axis_of
         self._hover = None
-        self._update_geometry()
+        self._update_geometry()  # the same size (a head or layer change): no layout
         self.refresh()
 
     def _update_geometry(self) -> None:
@@ -165,15 +227,26 @@ class Heatmap(ScrollView, can_focus=True):
         cell = max(1, min(3, room // max(1, self.map.n_key)))
         if cell != self._cell_width:
             self._cell_width = cell
-            self._rows.clear()
+            self._lines.clear()
+            self._axis.clear()
         self.virtual_size = Size(self.axis_width + self.map.n_key * cell, self.label_rows + self.n_lines)
 
     def on_resize(self, event: events.Resize) -> None:
+        self._lines.clear()  # label_rows follows the height
+        self._axis.clear()
         self._update_geometry()
 
     def notify_style_update(self) -> None:
         super().notify_style_update()
-        self._rows.clear()
+        self._lines.clear()
+        self._axis.clear()
+        self._base = None
+
+    @property
+    def base_style(self) -> Style:
+        if self._base is None:
+            self._base = self.rich_style
+        return self._base
 
     # Drawing -------------------------------------------------------------------
 
@@ -184,40 +257,35 @@ class Heatmap(ScrollView, can_focus=True):
             style = self._styles[(top, bottom)] = Style(color=_color(top), bgcolor=bg)
         return style
 
-    def _row_strip(self, line: int) -> Strip:
-        """One whole line of the map (no gutter), from the cache."""
-        key = ("row", line, self._cell_width)
-        strip = self._rows.get(key)
-        if strip is not None:
-            return strip
+    def _keys_on_screen(self, scroll_x: int, room: int) -> tuple[int, int]:
+        """The keys whose cells meet the columns [scroll_x, scroll_x + room) of the map."""
+        assert self.map is not None
+        cell = self._cell_width
+        return min(self.map.n_key, scroll_x // cell), min(self.map.n_key, -(-(scroll_x + room) // cell))
+
+    def _row_strip(self, line: int, k0: int, k1: int) -> Strip:
+        """Keys k0..k1 of one line of the map: a segment per run of equal colours."""
         assert self.map is not None
         levels = self.map.levels
         if self.map.n_query == 1:
-            top, bottom, char = levels[0], None, "█"
+            top, bottom, char = levels[0, k0:k1], None, "█"
         else:
-            top = levels[2 * line]
-            bottom = levels[2 * line + 1] if 2 * line + 1 < self.map.n_query else None
+            top = levels[2 * line, k0:k1]
+            bottom = levels[2 * line + 1, k0:k1] if 2 * line + 1 < self.map.n_query else None
             char = "▀"
-        segments: list[Segment] = []
-        run_style, run_len = None, 0
-        for k in range(self.map.n_key):
-            style = self._style(int(top[k]), NO_ROW if bottom is None else int(bottom[k]))
-            if style is run_style:
-                run_len += 1
-                continue
-            if run_style is not None:
-                segments.append(Segment(char * (run_len * self._cell_width), run_style))
-            run_style, run_len = style, 1
-        if run_style is not None:
-            segments.append(Segment(char * (run_len * self._cell_width), run_style))
-        strip = Strip(segments, self.map.n_key * self._cell_width)
-        self._rows[key] = strip
-        return strip
+        pairs = top.astype(np.int32) * 64 + (NO_ROW if bottom is None else bottom)  # one code per cell
+        starts = np.flatnonzero(np.diff(pairs)) + 1
+        bounds = [0, *starts.tolist(), len(pairs)]
+        tops, bottoms = top.tolist(), None if bottom is None else bottom.tolist()
+        segments = [Segment(char * ((b - a) * self._cell_width),
+                            self._style(tops[a], NO_ROW if bottoms is None else bottoms[a]))
+                    for a, b in zip(bounds, bounds[1:]) if b > a]
+        return Strip(segments, (k1 - k0) * self._cell_width)
 
     def _gutter_strip(self, line: int) -> Strip:
         assert self.map is not None
         labels = self.map.key_axis[self.map.n_key - self.map.n_query:]
-        base = self.rich_style
+        base = self.base_style
         edge = Segment("▕", base + Style(color=colors.DIM))
         if self.map.n_query == 1:
             text = truncate(labels[0], LABEL_WIDTH)
@@ -231,50 +299,62 @@ class Heatmap(ScrollView, can_focus=True):
             edge,
         ])
 
-    def _label_strip(self, row: int) -> Strip:
-        """Row `row` of the key labels: each key's piece written downwards, one character per row."""
+    def _label_strip(self, row: int, k0: int, k1: int) -> Strip:
+        """Row `row` of the labels of keys k0..k1: each key's piece written downwards, one character per row."""
         assert self.map is not None
-        key = ("label", row, self._cell_width)
-        strip = self._rows.get(key)
-        if strip is not None:
-            return strip
-        base = self.rich_style
+        base = self.base_style
         styles = (base + Style.parse(colors.SINK), base + Style.parse(colors.SPECIAL), base)
         cell = self._cell_width
-        pad = (cell - 1) // 2
+        pad, after = " " * ((cell - 1) // 2), " " * (cell - 1 - (cell - 1) // 2)
+        special = self.map.key_special
         segments = []
-        for k, label in enumerate(self.map.key_axis):
+        for k in range(k0, k1):
+            label = self.map.key_axis[k]
             ch = label[row] if row < len(label) else " "
-            if cell_len(ch) != 1:
+            if not (ch.isascii() and ch.isprintable()) and cell_len(ch) != 1:
                 ch = "·"  # a wide character would break the columns
-            style = styles[0] if k == 0 else styles[1] if self.map.key_special[k] else styles[2]
-            segments.append(Segment(" " * pad + ch + " " * (cell - 1 - pad), style))
-        strip = self._rows[key] = Strip(segments)
-        return strip
+            style = styles[0] if k == 0 else styles[1] if special[k] else styles[2]
+            segments.append(Segment(pad + ch + after, style))
+        return Strip(segments, (k1 - k0) * cell)
 
     def _corner(self, row: int) -> Strip:
         width = self.axis_width
         texts = {0: "key →", self.label_rows - 1: "query ↓"}
         text = texts.get(row, "")[: width - 1]
-        style = self.rich_style + Style(color=colors.DIM)
+        style = self.base_style + Style(color=colors.DIM)
         return Strip([Segment(" " * (width - 1 - cell_len(text)) + text + " ", style)])
 
     def render_line(self, y: int) -> Strip:
         width = self.scrollable_content_region.width
         if self.map is None:
-            return Strip.blank(width, self.rich_style)
+            return Strip.blank(width, self.base_style)
         scroll_x, scroll_y = self.scroll_offset
-        gutter = self.axis_width
-        room = max(0, width - gutter)
         if y < self.label_rows:
-            left, body = self._corner(y), self._label_strip(y)
-        else:
-            line = y - self.label_rows + scroll_y
-            if line >= self.n_lines:
-                return Strip.blank(width, self.rich_style)
-            left, body = self._gutter_strip(line), self._row_strip(line)
-        body = body.crop(scroll_x, scroll_x + room)
-        return Strip.join([left, body]).adjust_cell_length(width, self.rich_style)
+            key = ("label", y, scroll_x, width)
+            strip = self._axis.get(key)
+            if strip is None:
+                strip = self._axis[key] = self._join(self._corner(y), self._label_strip, y, scroll_x, width)
+            return strip
+        line = y - self.label_rows + scroll_y
+        if line >= self.n_lines:
+            return Strip.blank(width, self.base_style)
+        key = ("row", line, scroll_x, width)
+        strip = self._lines.get(key)
+        if strip is None:
+            gutter = self._axis.get(("gutter", line, 0, 0))
+            if gutter is None:
+                gutter = self._axis[("gutter", line, 0, 0)] = self._gutter_strip(line)
+            strip = self._lines[key] = self._join(gutter, self._row_strip, line, scroll_x, width)
+        return strip
+
+    def _join(self, left: Strip, draw, index: int, scroll_x: int, width: int) -> Strip:
+        """One screen line: its axis part, and the map's cells in the columns on screen only (a
+        prefill's line is 512 keys; 140 columns show a quarter of them)."""
+        room = max(0, width - self.axis_width)
+        k0, k1 = self._keys_on_screen(scroll_x, room)
+        skip = scroll_x - k0 * self._cell_width
+        body = draw(index, k0, k1).crop(skip, skip + room)
+        return Strip.join([left, body]).adjust_cell_length(width, self.base_style)
 
     # Mouse -----------------------------------------------------------------------
 
@@ -307,6 +387,9 @@ class AttentionView(Vertical):
         super().__init__(**kwargs)
         self._shown: tuple | None = None
         self._map: HeadMap | None = None
+        # Per event: its heads' entropies, with the event (so its id is not reused); oldest first.
+        self._entropies: dict[int, tuple[object, list[float]]] = {}
+        self._keys: tuple[tuple, KeyLabels] | None = None  # the step's key labels, by (trace, step, T_k)
 
     def compose(self) -> ComposeResult:
         yield Static(id="attention-title", classes="view-title")
@@ -330,23 +413,23 @@ class AttentionView(Vertical):
         if weights is None or weights.ndim != 3 or 0 in weights.shape:
             self._map = None
             heatmap.set_map(None)
-            title.update(heading)
+            _update(title, heading)
             why = ("no attn event for this step and layer (not captured, or the run has not got there yet)"
                    if event is None else "this attn event carries no weights tensor [n_head, T_q, T_k]")
-            stats.update(assemble((why, colors.WARN)))
+            _update(stats, assemble((why, colors.WARN)))
             self._readout()
             return
 
         n_head = weights.shape[0]
         head = selection.head % n_head
-        hm = self._map = head_map(trace, step, layer, head, weights)
+        hm = self._map = head_map(trace, step, layer, head, weights, self._key_labels(trace, step, weights.shape[2]))
         heading.append_text(assemble(" · ", (f"head {head}/{n_head}", "bold"), f" · kv group {hm.group}"))
-        title.update(heading)
+        _update(title, heading)
 
         # Per-head entropy (mean over the query rows), the sink mass, where the last query looks.
-        per_head = entropy(weights.astype(np.float64), axis=-1).mean(axis=-1).tolist()
-        sink = float(hm.weights[:, 0].mean())
-        last = hm.weights[-1]
+        per_head = self._head_entropy(event, weights)
+        sink = float(hm.weights[:, 0].mean(dtype=np.float64))
+        last = hm.weights[-1].astype(np.float64)
         top = np.argsort(-last)[:3]
         line = assemble("sink ", (f"{sink:.2f}", colors.SINK), " · entropy ", (f"{per_head[head]:.2f}", "bold"),
                         (f" nats (max {np.log(hm.n_key):.2f})", colors.DIM), " · heads ",
@@ -356,9 +439,25 @@ class AttentionView(Vertical):
                 line.append_text(assemble((", ", colors.DIM)))
             line.append_text(assemble((f"k{int(k)} ", colors.DIM), (hm.key_labels[int(k)], "bold"),
                                       (f" {last[int(k)]:.2f}", colors.DIM)))
-        stats.update(line)
+        _update(stats, line)
         heatmap.set_map(hm)
         self._readout()
+
+    def _head_entropy(self, event, weights: np.ndarray) -> list[float]:
+        """head_entropy once per event: a head change (`h`) shows the same event again."""
+        hit = self._entropies.get(id(event))
+        if hit is None or hit[0] is not event:
+            hit = self._entropies[id(event)] = (event, head_entropy(weights).tolist())
+            while len(self._entropies) > STATS_KEPT:
+                del self._entropies[next(iter(self._entropies))]
+        return hit[1]
+
+    def _key_labels(self, trace: Trace, step: int, n_k: int) -> KeyLabels:
+        """The step's key labels once per step: every layer and head of it has the same keys."""
+        key = (id(trace), step, n_k)
+        if self._keys is None or self._keys[0] != key:
+            self._keys = (key, key_labels(trace, step, n_k))
+        return self._keys[1]
 
     @staticmethod
     def _head_spark(per_head: list[float], head: int) -> list[tuple[str, str]]:
@@ -372,13 +471,13 @@ class AttentionView(Vertical):
         readout = self.query_one("#attention-readout", Static)
         hm = self._map
         if hm is None:
-            readout.update("")
+            _update(readout, "")
             return
         if cell is None:
             ramp = Text(end="")
             for level in range(0, len(colors.RAMP), 4):
                 ramp.append("█", style=Style(color=colors.RAMP[level]))
-            readout.update(assemble(("colour √(w / ", colors.DIM), (f"{hm.vmax:.2f}", colors.DIM),
+            _update(readout, assemble(("colour √(w / ", colors.DIM), (f"{hm.vmax:.2f}", colors.DIM),
                                     (") ", colors.DIM), ramp, ("  ", ""), ("█", Style(color=colors.MASKED)),
                                     (" future (masked)", colors.DIM)))
             return
@@ -388,4 +487,12 @@ class AttentionView(Vertical):
         if hm.n_query > 1 and q + 1 < hm.n_query:
             text.append_text(assemble((f" · query {q + 1} ", colors.DIM), (hm.query_labels[q + 1], colors.DIM),
                                       (f": {hm.weights[q + 1, k]:.4f}", colors.DIM)))
-        readout.update(text)
+        _update(readout, text)
+
+
+def _update(static: Static, text: Text | str) -> None:
+    """Static.update, laying the screen out again only when the text's height changes: a layout
+    repaints every widget on screen, a plain refresh this one (its width cannot change here)."""
+    width, height = static.size
+    same = bool(width) and visualize(static, text, markup=False).get_height(static.styles, width) == height
+    static.update(text, layout=not same)

@@ -7,15 +7,19 @@ are shown here, and so is every stop when asked for its raw event.
 from __future__ import annotations
 
 import numpy as np
+from rich.cells import cell_len
 from rich.text import Text
-from textual.app import ComposeResult
-from textual.containers import VerticalScroll
-from textual.widgets import Static
+from textual import events
+from textual.geometry import Size
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
+from textual.visual import Visual, visualize
 
 from traces.base import Trace
 from traces.schema import STOP_BY_NAME
 from views import colors
 from views.format import duration, step_kind
+from views.lines import line_segments, split_lines
 from views.safe import NL, assemble, escape_controls, truncate
 from views.selection import Selection
 
@@ -42,17 +46,23 @@ def tensor_summary(name: str, value: np.ndarray) -> Text:
     return head
 
 
-class EventView(VerticalScroll):
-    """One event of the selected step/stop/layer."""
+class EventView(ScrollView):
+    """One event of the selected step/stop/layer, drawn through the line API.
+
+    Its text is wrapped once per change, as a Static would wrap it, and only the lines on screen
+    are painted. As two Statics in a scrolling container, every step laid the whole screen out
+    again and wrapped the whole text twice (to measure it, then to draw it): a sample stop's seven
+    events made that ~100 ms a keypress (bench/ui.py). Now a change lays nothing out unless the
+    number of lines changed."""
+
+    DEFAULT_CSS = "EventView { overflow-x: hidden; }"  # the text wraps: it never scrolls sideways
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self._shown: tuple | None = None
         self._summaries: dict[tuple[int, str], tuple[object, Text]] = {}  # oldest first
-
-    def compose(self) -> ComposeResult:
-        yield Static(id="event-title", classes="view-title")
-        yield Static(id="event-body")
+        self._text = Text(end="")
+        self._wrapped: dict[int, list[Strip]] = {}  # width -> the text's lines wrapped to it
 
     def show(self, trace: Trace, selection: Selection) -> None:
         stop = STOP_BY_NAME.get(selection.stop)
@@ -68,7 +78,6 @@ class EventView(VerticalScroll):
             title.append_text(assemble(f" · layer {layer}/{trace.n_layer}"))
         if stop is not None:
             title.append_text(assemble((f" · {stop.code}", colors.DIM)))
-        self.query_one("#event-title", Static).update(title)
 
         body = Text(end="")
         if stop is not None:
@@ -87,7 +96,52 @@ class EventView(VerticalScroll):
                 shown = truncate(escape_controls(repr(value) if not isinstance(value, str) else value), MAX_SCALAR)
                 body.append_text(assemble(NL, (name, "bold"), " = ", shown))
             body.append("\n")
-        self.query_one("#event-body", Static).update(body)
+        self._text = Text("\n", end="").join([title, body])
+        self._wrapped.clear()
+        self._fit()
+        self.refresh()
+
+    def _lines(self, width: int) -> list[Strip]:
+        lines = self._wrapped.get(width)
+        if lines is None:
+            lines = self._wrapped[width] = self._wrap(width)
+        return lines
+
+    def _wrap(self, width: int) -> list[Strip]:
+        """The text's lines at `width`: those that fit straight from their spans (views/lines.py), the
+        few longer ones through Textual's own wrapping, as a Static's (~0.3 ms a line; a sample stop
+        has 70 lines)."""
+        base, outer, styles, out = self.rich_style, self._text.style, {}, []
+        for plain, spans in split_lines(self._text):
+            segments = line_segments(plain, spans, outer, base, styles) if cell_len(plain) <= width else None
+            if segments is not None:
+                out.append(Strip(segments, cell_len(plain)))
+                continue
+            line = Text(plain, style=outer, spans=spans, end="")
+            out += Visual.to_strips(self, visualize(self, line, markup=False), width, None, self.visual_style)
+        return out
+
+    def _fit(self) -> None:
+        """The scrollable size: the text wrapped to the view's width, less the scrollbar's when it
+        does not fit the height (as the container of Statics laid it out)."""
+        width, height = self.size
+        if not width:
+            return
+        # More lines than rows before any wrapping: the scrollbar is certain, wrap once, without it.
+        if self._text.plain.count("\n") + 1 > height or len(self._lines(width)) > height:
+            width = max(1, width - self.styles.scrollbar_size_vertical)
+        self.virtual_size = Size(width, len(self._lines(width)))
+
+    def on_resize(self, event: events.Resize) -> None:
+        self._fit()
+
+    def render_line(self, y: int) -> Strip:
+        width = self.scrollable_content_region.width
+        lines = self._lines(width)
+        index = y + self.scroll_offset.y
+        if index >= len(lines):
+            return Strip.blank(width, self.rich_style)
+        return lines[index].adjust_cell_length(width, self.rich_style)
 
     def _summary(self, event, name: str) -> Text:
         """tensor_summary once per event and tensor: its statistics read the whole tensor (a

@@ -35,13 +35,13 @@ from textual.containers import Vertical
 from textual.geometry import Size
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
-from textual.widgets import Static
 
 from traces.base import Trace
 from views import colors
 from views.format import step_kind
 from views.safe import NL, assemble, truncate
 from views.selection import Selection
+from views.text_panel import TextPanel
 
 EMPTY = -1  # a slot of an allocated block no token has reached yet
 UNKNOWN = -2  # written, by a step whose kv_write event was not captured
@@ -267,10 +267,11 @@ class KVCacheView(Vertical):
         self._shown: tuple | None = None
 
     def compose(self) -> ComposeResult:
-        yield Static(id="kv-title", classes="view-title")
-        yield Static(id="kv-stats")
+        # TextPanels: a step repaints them and lays the screen out only when a height changes.
+        yield TextPanel(id="kv-title", classes="view-title")
+        yield TextPanel(id="kv-stats")
         yield BlockGrid(id="kv-grid")
-        yield Static(id="kv-legend", classes="legend")
+        yield TextPanel(id="kv-legend", classes="legend")
 
     def show(self, trace: Trace, selection: Selection) -> None:
         step, layer = selection.step, selection.layer
@@ -280,19 +281,19 @@ class KVCacheView(Vertical):
             return
         self._shown = key
         m = read_cache_map(trace, step, layer)
-        self.query_one("#kv-title", Static).update(assemble(
+        self.query_one("#kv-title", TextPanel).set_text(assemble(
             ("kv cache", colors.ACCENT), f" · step {step} ({step_kind(step)}) · layer {layer}/{trace.n_layer}"))
         self.query_one(BlockGrid).set_map(m)
-        stats = self.query_one("#kv-stats", Static)
-        legend = self.query_one("#kv-legend", Static)
+        stats = self.query_one("#kv-stats", TextPanel)
+        legend = self.query_one("#kv-legend", TextPanel)
         if m is None:
             why = ("no kv_write event for this step and layer (not captured, or the run has not got there yet)"
                    if event is None else "this kv_write event has no block table (a trace from before the paged cache)")
-            stats.update(assemble((why, colors.WARN)))
-            legend.update("")
+            stats.set_text(assemble((why, colors.WARN)))
+            legend.set_text(Text(""))
             return
-        stats.update(self._stats(m))
-        legend.update(self._legend(m))
+        stats.set_text(self._stats(m))
+        legend.set_text(self._legend(m))
 
     @staticmethod
     def _stats(m: CacheMap) -> Text:

@@ -9,9 +9,12 @@ log view does with its rows.
 
 from __future__ import annotations
 
+from bisect import bisect_right
+
+from rich.cells import cell_len
 from rich.segment import Segment
 from rich.style import Style
-from rich.text import Text
+from rich.text import Span, Text
 from textual.geometry import Size
 from textual.strip import Strip
 from textual.widget import Widget
@@ -38,21 +41,49 @@ class TextLines(Widget):
         text = self.render()
         if not isinstance(text, Text):
             text = Text(str(text))
-        base = self.rich_style
+        base, outer = self.rich_style, text.style
         styles: dict = {}  # span style -> base + it: a view repeats a few styles over many spans
         out = []
-        for line in text.split("\n", allow_blank=True):
-            segments = _segments(line, base, styles) or [Segment(s.text, base + s.style if s.style else base)
-                                                          for s in line.render(self.app.console, end="") if s.text]
-            out.append(Strip(segments).adjust_cell_length(width, base))
+        for plain, spans in split_lines(text):
+            segments = line_segments(plain, spans, outer, base, styles)
+            if segments is None:  # overlapping spans: rich's general renderer
+                line = Text(plain, style=outer, spans=spans, end="")
+                segments = [Segment(s.text, base + s.style if s.style else base)
+                            for s in line.render(self.app.console, end="") if s.text]
+            out.append(Strip(segments, cell_len(plain)).adjust_cell_length(width, base))
         return out
 
 
-def _segments(line: Text, base: Style, styles: dict) -> list[Segment] | None:
-    """The line's segments straight from its spans, when they do not overlap (how the views
+def split_lines(text: Text) -> list[tuple[str, list[Span]]]:
+    """The lines of `text.split("\n", allow_blank=True)`, each as its text and its spans, without
+    rich's `divide`: that copies every span through a search and a new Text per line, a third of
+    a view's paint when a heatmap made a span per cell (bench/ui.py). Each span is cut to the
+    lines it covers."""
+    plain = text.plain
+    if "\n" not in plain:
+        return [(plain, list(text.spans))]
+    rows = plain.split("\n")
+    starts, at = [], 0
+    for row in rows:
+        starts.append(at)
+        at += len(row) + 1
+    spans: list[list[Span]] = [[] for _ in rows]
+    for span in text.spans:
+        first = bisect_right(starts, span.start) - 1
+        for i in range(max(first, 0), len(rows)):
+            line_start = starts[i]
+            if line_start >= span.end:
+                break
+            start, end = max(0, span.start - line_start), min(span.end - line_start, len(rows[i]))
+            if end > start:
+                spans[i].append(Span(start, end, span.style))
+    return list(zip(rows, spans))
+
+
+def line_segments(plain: str, spans: list[Span], outer, base: Style, styles: dict) -> list[Segment] | None:
+    """A line's segments straight from its spans, when they do not overlap (how the views
     build their lines); None otherwise, for rich's general renderer."""
-    plain, spans = line.plain, sorted(line.spans, key=lambda s: s.start)
-    outer = line.style
+    spans = sorted(spans, key=lambda s: s.start)
 
     def style(span_style) -> Style:
         key = (outer, span_style)

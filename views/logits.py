@@ -11,11 +11,11 @@ from dataclasses import dataclass
 
 import numpy as np
 from rich.text import Text
-from textual.widget import Widget
 
 from traces.base import Trace
 from views import colors
 from views.format import bar
+from views.lines import TextLines
 from views.pieces import piece_format
 from views.safe import NL, assemble, fit
 from views.selection import Selection
@@ -62,7 +62,7 @@ def top_k(trace: Trace, step: int) -> TopK | None:
     return TopK(ids, probs, logits, None if entropy is None else float(entropy), chosen, chosen_prob)
 
 
-class LogitsView(Widget):
+class LogitsView(TextLines):
     """Top-k candidates of one step; redrawn to the widget's width."""
 
     def __init__(self, **kwargs) -> None:

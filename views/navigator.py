@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from rich.style import Style
 from rich.text import Text
+from textual import events
 from textual.binding import Binding
 from textual.content import Content
 from textual.geometry import Region
@@ -76,7 +77,8 @@ class Navigator(Tree[NavItem]):
         self._labels: dict[int, Text] = {}
         self._scanned = 0  # steps whose stops are in `_captured` for good (all but a live run's last)
         self._layer_times: tuple[dict, dict] = ({}, {})  # per (stop, layer) ns and each stop's slowest layer
-        self._stale_layers: set[str] = set()  # collapsed stops whose layer labels show an older step
+        self._labels_for = 0  # bumped by each update_labels: which times the layer labels should show
+        self._layer_labelled: dict[tuple[str, int], int] = {}  # (stop, layer) -> the `_labels_for` it shows
         self._paint_style: Style | None = None  # the widget's style, looked up once per paint
 
     def build(self, trace: Trace) -> None:
@@ -89,6 +91,7 @@ class Navigator(Tree[NavItem]):
         self._stop_nodes.clear()
         self._layer_nodes.clear()
         self._labels.clear()
+        self._layer_labelled.clear()
         for phase in PHASES:
             stops = [s for s in STOPS if s.phase == phase]
             if not stops:
@@ -118,7 +121,7 @@ class Navigator(Tree[NavItem]):
             if ns > per_layer.get((stop, slowest.get(stop, -1)), -1):
                 slowest[stop] = layer
         self._layer_times = (per_layer, slowest)
-        self._stale_layers.clear()
+        self._labels_for += 1
         for stop in STOPS:
             node = self._stop_nodes.get(stop.name)
             if node is None:
@@ -129,14 +132,10 @@ class Navigator(Tree[NavItem]):
             if here:
                 label.append_text(assemble((f" {duration(per_stop[stop.name])}", colors.DIM)))
             self._set_label(node, label)
-            if stop.per_layer:
-                # A collapsed stop's 30 layer labels are not on screen: relabelling them on every
-                # step was most of a keypress's own work on a 30-layer trace (bench/ui.py). They
-                # are relabelled when the stop is expanded instead.
-                if node.is_expanded:
-                    self._label_layers(stop.name)
-                else:
-                    self._stale_layers.add(stop.name)
+        # The layer rows: only those on screen now. Relabelling every layer of every open stop on each
+        # step doubled a keypress once four stops were open (bench/ui.py); the others are relabelled
+        # when they come into view (a scroll, a stop opened, a taller tree).
+        self._label_visible_layers()
         self._title_step(step)
 
     def _title_step(self, step: int) -> None:
@@ -153,22 +152,37 @@ class Navigator(Tree[NavItem]):
             left, top = self.content_offset
             self.refresh(Region(-left, -top, self.outer_size.width, 1))  # content-relative: the top border
 
-    def _label_layers(self, stop: str) -> None:
-        """One per-layer stop's layer labels, from the times `update_labels` last computed."""
+    def _label_visible_layers(self) -> None:
+        """Layer rows on screen that show an older step's times: relabel them from `_layer_times`."""
         per_layer, slowest = self._layer_times
-        for layer in range(self._n_layer):
-            ns = per_layer.get((stop, layer))
-            text = Text(f"layer {layer}", end="")  # our own words and numbers: nothing to escape
+        top = round(self.scroll_offset.y)
+        for line in range(top, top + self.size.height):
+            node = self.get_node_at_line(line)
+            if node is None:
+                break
+            item = node.data
+            if item is None or item.layer is None:
+                continue
+            key = (item.stop, item.layer)
+            if self._layer_labelled.get(key) == self._labels_for:
+                continue
+            self._layer_labelled[key] = self._labels_for
+            ns = per_layer.get(key)
+            text = Text(f"layer {item.layer}", end="")  # our own words and numbers: nothing to escape
             if ns is not None:
-                slow = slowest.get(stop) == layer and self._n_layer > 1
+                slow = slowest.get(item.stop) == item.layer and self._n_layer > 1
                 text.append(f" {duration(ns)}", style=colors.WARN if slow else colors.DIM)
-            self._set_label(self._layer_nodes[(stop, layer)], text)
-        self._stale_layers.discard(stop)
+            self._set_label(node, text)
 
     def on_tree_node_expanded(self, event: Tree.NodeExpanded[NavItem]) -> None:
-        item = event.node.data
-        if item is not None and item.layer is None and item.stop in self._stale_layers:
-            self._label_layers(item.stop)
+        self._label_visible_layers()
+
+    def on_resize(self, event: events.Resize) -> None:
+        self._label_visible_layers()
+
+    def watch_scroll_y(self, old_value: float, new_value: float) -> None:
+        super().watch_scroll_y(old_value, new_value)
+        self._label_visible_layers()
 
     def _set_label(self, node: TreeNode[NavItem], label: Text) -> None:
         """Relabel only what changed: a live run changes a few labels per poll, not all 400."""
@@ -206,11 +220,21 @@ class Navigator(Tree[NavItem]):
             node = self._stop_nodes.get(stop)
         if node is None or node is self.cursor_node:
             return
+        # Tree's expand() rebuilds the tree's lines and lays out the whole screen even when the node
+        # is open already: on every layer key that was half the press (bench/ui.py). Expand only
+        # what is closed, and then move once the tree has its new lines (after the next refresh).
+        closed = []
         parent = node.parent
         while parent is not None:
-            parent.expand()
+            if not parent.is_expanded:
+                closed.append(parent)
             parent = parent.parent
-        self.call_after_refresh(self.move_cursor, node)
+        for parent in closed:
+            parent.expand()
+        if closed:
+            self.call_after_refresh(self.move_cursor, node)
+        else:
+            self.move_cursor(node)
 
     def on_tree_node_highlighted(self, event: Tree.NodeHighlighted[NavItem]) -> None:
         event.stop()

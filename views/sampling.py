@@ -15,11 +15,11 @@ import math
 from dataclasses import dataclass
 
 from rich.text import Text
-from textual.widget import Widget
 
 from traces.base import Trace
 from views import colors
 from views.format import bar
+from views.lines import TextLines
 from views.pieces import piece_format
 from views.safe import NL, assemble, fit, truncate
 from views.selection import Selection
@@ -113,7 +113,7 @@ def describe_settings(sampler: dict) -> str:
     return " · ".join(parts)
 
 
-class SamplingView(Widget):
+class SamplingView(TextLines):
     """The sampler's stages at one step; redrawn to the widget's width."""
 
     def __init__(self, **kwargs) -> None:

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from statistics import median
 
 from rich.text import Text
-from textual.widget import Widget
 
 from traces.base import Trace
 from traces.roofline import Cost, CostModel, Limits, attainment, roof_text
@@ -29,6 +28,8 @@ from traces.schema import STOP_BY_NAME
 from views import colors
 from views.charts import column_chart
 from views.format import bar, duration, step_kind
+from views.hook_cost import hooks_text
+from views.lines import TextLines
 from views.safe import NL, assemble
 from views.selection import Selection
 
@@ -36,6 +37,7 @@ SLOW_FACTOR = 2.0  # a layer this many times its peers' median is called out
 TOP_STOPS = 8
 CHART_ROWS = 6
 RATES = 23  # cells of the GB/s, GFLOP/s and roof columns
+SUMMED_KEPT = 64  # step timings kept (TimingView._summed)
 
 
 @dataclass(frozen=True)
@@ -90,24 +92,35 @@ def megabytes(n: int) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n / 1e3:.1f} kB"
 
 
-class TimingView(Widget):
+class TimingView(TextLines):
     """Timing of one step: the slowest stops and a per-layer column chart with outliers marked."""
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self._timing: StepTiming | None = None
         self._shown: tuple | None = None
-        self._model: tuple[int, CostModel | None] = (0, None)  # (id of the trace, its cost model)
+        self._hooks = None  # what the hooks cost the step shown (traces/schema.py HookCost), or None
+        self._model: tuple[Trace | None, CostModel | None] = (None, None)  # (the trace, its cost model)
+        # Step timings already summed, by `show`'s key: stepping back and forth sums each step once
+        # (a step's costs walk all its events, ~5 ms of a keypress on a 30-layer trace, bench/ui.py).
+        self._summed: dict[tuple, StepTiming | None] = {}
 
     def show(self, trace: Trace, selection: Selection) -> None:
         events = trace.events(selection.step) if selection.step in trace.steps else []
-        key = (id(trace), selection.step, selection.stop, len(events))
+        hooks = trace.hook_cost(selection.step) if events else None  # a live step's comes after its events
+        key = (id(trace), selection.step, selection.stop, len(events), hooks is not None)
         if key == self._shown:
             return
         self._shown = key
-        if self._model[0] != id(trace):
-            self._model = (id(trace), CostModel.of(trace.info))
-        self._timing = step_timing(trace, selection.step, selection.stop, trace.n_layer, self._model[1])
+        self._hooks = hooks
+        if self._model[0] is not trace:
+            self._model = (trace, CostModel.of(trace.info))
+            self._summed.clear()
+        if key not in self._summed:
+            while len(self._summed) >= SUMMED_KEPT:
+                del self._summed[next(iter(self._summed))]
+            self._summed[key] = step_timing(trace, selection.step, selection.stop, trace.n_layer, self._model[1])
+        self._timing = self._summed[key]
         self.refresh()
 
     def render(self) -> Text:
@@ -117,7 +130,7 @@ class TimingView(Widget):
             return assemble(title, NL, NL, ("no events at this step yet", colors.WARN))
         title.append_text(assemble(f" · step {t.step} ({step_kind(t.step)}) · ", (duration(t.total_ns), "bold")))
         width, height = max(30, self.size.width), max(12, self.size.height)
-        lines = [title, Text("")]
+        lines = [title, assemble((hooks_text(self._hooks, short=True), colors.DIM)), Text("")]
 
         # The layer chart first: finding the slow layer is what this view is for.
         what = "each layer's total" if t.layer_stop == "all" else f"{t.layer_stop} per layer"

@@ -12,19 +12,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rich.cells import cell_len
+from rich.segment import Segment
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
+from textual.geometry import Region
+from textual.strip import Strip
 from textual.widget import Widget
-from textual.widgets import Static
 
 from traces.base import Trace
 from views import colors
+from views.lines import line_segments
 from views.merges import MergeState, initial_symbols, merge_lines, replay
 from views.pieces import piece_format
 from views.safe import NL, assemble, safe, truncate
 from views.selection import Selection
+from views.text_panel import TextPanel
 
 
 @dataclass(frozen=True)
@@ -76,15 +80,15 @@ def generated_tokens(trace: Trace) -> list[Token]:
 def chip(token: Token, selected_step: int) -> Text:
     """` piece id ` on the token's background."""
     bg = colors.PROMPT_BG if token.step is None else colors.GENERATED_BG
+    later = " dim" if token.step is not None and token.step > selected_step else ""
     style = f"on {bg}"
     if token.special:
         style += f" {colors.SPECIAL}"
     if token.step is not None and token.step == selected_step:
         style += " bold underline"
-    text = assemble((f" {truncate(token.text, 24)} ", style), (f"{token.id} ", f"{colors.DIM} on {bg}"))
-    if token.step is not None and token.step > selected_step:
-        text.stylize("dim")
-    return text
+    # Dimmed in its own spans (not a span over both): a line of chips has no overlapping spans,
+    # so views/lines.py turns it into segments directly.
+    return assemble((f" {truncate(token.text, 24)} ", style + later), (f"{token.id} ", f"{colors.DIM} on {bg}{later}"))
 
 
 def wrap_chips(chips: list[Text], width: int) -> list[Text]:
@@ -109,33 +113,92 @@ def wrap_chips(chips: list[Text], width: int) -> list[Text]:
     return lines
 
 
+def pack_chips(widths: list[int], width: int) -> list[tuple[int, int]]:
+    """Where wrap_chips breaks: each line's [start, end) of chip indices."""
+    lines, start, used = [], 0, 0
+    for i, n in enumerate(widths):
+        n = min(n, width)
+        if used and used + 1 + n > width:
+            lines.append((start, i))
+            start, used = i, 0
+        used += n + (1 if used else 0)
+    if used or not lines:
+        lines.append((start, len(widths)))
+    return lines
+
+
 class TokenChips(Widget):
-    """The chips, wrapped to the widget's width."""
+    """The chips, wrapped to the widget's width, drawn through the line API.
+
+    A step changes only the generated tokens' chips (which is underlined, which dimmed), so each
+    line's Strip is kept with the chips it was made from and a step repaints only the lines whose
+    chips changed; a layout is asked for only when the number of lines does. Drawn as one Text
+    through Textual's content path, a 512-token prompt's ~40 lines were painted again, and the
+    screen laid out, on every step (~150 ms a step, bench/ui.py)."""
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self._chips: list[Text] = []
-        self._wrapped: tuple[int, list[Text]] | None = None  # (width, lines) of the chips set last
+        self._widths: list[int] = []
+        self._packed: tuple[int, list[tuple[int, int]]] | None = None  # (width, lines) of the chips set last
+        self._strips: dict[int, tuple[tuple[Text, ...], Strip]] = {}  # line -> (its chips, its strip)
+        self._strips_for: tuple = ()  # (width, style) the strips were made at
+        self._styles: dict = {}  # span style -> the widget's style + it (views/lines.py)
 
     def set_chips(self, chips: list[Text]) -> None:
-        n_lines = len(self._wrapped[1]) if self._wrapped is not None else -1
+        """Show `chips`; chips are compared by identity (TokensView keeps one Text per token and state)."""
+        width = self.size.width
+        old = [self._line_chips(i, width) for i in range(len(self._lines(width)))]
         self._chips = chips
-        self._wrapped = None
-        # A new height needs a layout (the whole screen's); the same height only this widget's repaint.
-        self.refresh(layout=len(self._lines(self.size.width)) != n_lines)
+        self._widths = [cell_len(c.plain) for c in chips]
+        self._packed = None
+        new = self._lines(width)
+        if len(new) != len(old):
+            self.refresh(layout=True)  # a new height: the whole screen's layout
+            return
+        for y in range(len(new)):
+            ones = self._line_chips(y, width)
+            if len(ones) != len(old[y]) or any(a is not b for a, b in zip(ones, old[y])):
+                self.refresh(Region(0, y, width, 1))
 
-    def _lines(self, width: int) -> list[Text]:
-        # Layout asks for the height and then renders at the same width: wrap once, not per call.
+    def _lines(self, width: int) -> list[tuple[int, int]]:
+        # Layout asks for the height and then renders at the same width: pack once, not per call.
         width = max(1, width)
-        if self._wrapped is None or self._wrapped[0] != width:
-            self._wrapped = (width, wrap_chips(self._chips, width))
-        return self._wrapped[1]
+        if self._packed is None or self._packed[0] != width:
+            self._packed = (width, pack_chips(self._widths, width))
+        return self._packed[1]
+
+    def _line_chips(self, y: int, width: int) -> tuple[Text, ...]:
+        start, end = self._lines(width)[y]
+        return tuple(self._chips[start:end])
 
     def get_content_height(self, container, viewport, width: int) -> int:
         return len(self._lines(width))
 
-    def render(self) -> Text:
-        return Text("\n", end="").join(self._lines(self.size.width))
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._strips.clear()
+
+    def render_line(self, y: int) -> Strip:
+        width, base = self.size.width, self.rich_style
+        if self._strips_for != (width, base):
+            self._strips_for = (width, base)
+            self._strips.clear()
+            self._styles.clear()
+        if y >= len(self._lines(width)):
+            return Strip.blank(width, base)
+        chips = self._line_chips(y, width)
+        hit = self._strips.get(y)
+        if hit is not None and len(hit[0]) == len(chips) and all(a is b for a, b in zip(hit[0], chips)):
+            return hit[1]
+        line = wrap_chips(list(chips), max(1, width))[0]
+        segments = line_segments(line.plain, line.spans, line.style, base, self._styles)
+        if segments is None:  # overlapping spans: rich's general renderer
+            segments = [Segment(s.text, base + s.style if s.style else base)
+                        for s in line.render(self.app.console, end="") if s.text]
+        strip = Strip(segments, cell_len(line.plain)).adjust_cell_length(width, base)
+        self._strips[y] = (chips, strip)
+        return strip
 
 
 class TokensView(VerticalScroll):
@@ -160,14 +223,15 @@ class TokensView(VerticalScroll):
         self._prompt_for: tuple | None = None  # (trace, tokenize event) the prompt chips were built from
         self._prompt: list[Token] = []
         self._prompt_chips: list[Text] = []
-        self._texts: dict[str, Text] = {}  # what each Static shows (`_update`)
+        self._generated_chips: dict[tuple[Token, int], Text] = {}  # (token, its step - the step shown, as -1/0/1)
+        self._arrow = Text("→", style=colors.DIM)  # between the prompt and the generated chips
 
     def compose(self) -> ComposeResult:
-        yield Static(id="tokens-title", classes="view-title")
-        yield Static(id="tokens-prompt")
+        yield TextPanel(id="tokens-title", classes="view-title")
+        yield TextPanel(id="tokens-prompt")
         yield TokenChips(id="tokens-chips")
-        yield Static(id="tokens-merges")
-        yield Static(id="tokens-legend", classes="legend")
+        yield TextPanel(id="tokens-merges")
+        yield TextPanel(id="tokens-legend", classes="legend")
 
     def show(self, trace: Trace, selection: Selection) -> None:
         # Cheap change check: the step shown, and how many tokens the run has drawn.
@@ -185,6 +249,7 @@ class TokensView(VerticalScroll):
             self._prompt_for = (id(trace), id(tokenize))
             self._prompt = prompt_tokens(trace)
             self._prompt_chips = [chip(t, step) for t in self._prompt]
+            self._generated_chips.clear()
         prompt = self._prompt
         generated = generated_tokens(trace)
         text_event = trace.get(0, "text")
@@ -217,8 +282,8 @@ class TokensView(VerticalScroll):
 
         chips = list(self._prompt_chips)
         if generated:
-            chips.append(Text("→", style=colors.DIM))
-            chips.extend(chip(t, step) for t in generated)
+            chips.append(self._arrow)
+            chips.extend(self._generated_chip(t, step) for t in generated)
         self.query_one("#tokens-chips", TokenChips).set_chips(chips)
 
         self._update("#tokens-legend",
@@ -231,11 +296,17 @@ class TokensView(VerticalScroll):
         )
         self._show_merges()
 
+    def _generated_chip(self, token: Token, step: int) -> Text:
+        """One Text per generated token and state (drawn earlier, now, later), so TokenChips sees
+        which chips a step changed by identity."""
+        state = (token.step > step) - (token.step < step)
+        got = self._generated_chips.get((token, state))
+        if got is None:
+            got = self._generated_chips[(token, state)] = chip(token, step)
+        return got
+
     def _update(self, selector: str, text: Text) -> None:
-        """Update a Static only when its text changed: each update lays out the whole screen."""
-        if self._texts.get(selector) != text:
-            self._texts[selector] = text
-            self.query_one(selector, Static).update(text)
+        self.query_one(selector, TextPanel).set_text(text)
 
     def action_merge(self, delta: int) -> None:
         """Step the merge replay: `}` from off starts at the symbols before any merge, `{` from
@@ -268,7 +339,7 @@ class TokensView(VerticalScroll):
         return model == "gpt2" if model else piece_format(self._trace).byte_level
 
     def _show_merges(self) -> None:
-        panel = self.query_one("#tokens-merges", Static)
+        panel = self.query_one("#tokens-merges", TextPanel)
         state = self.merge_state() if self._merge is not None else None
         if panel.display != (self._merge is not None):
             panel.display = self._merge is not None

@@ -21,6 +21,7 @@ from inspector.common import DEFAULT_PROMPT, CliError, Parser, terminal_safe
 from traces.roofline import Attainment, Cost, attainment, limits_text, roof_text
 from traces.timing import MIN_CHANGE, Comparison, Profile, Row, compare, profile
 from views.format import duration
+from views.hook_cost import hooks_text
 
 TOP = 15
 BY_STOP = 8
@@ -58,6 +59,7 @@ def table(prof: Profile, top: int = TOP) -> str:
         lines.append(f"device {limits_text(prof.limits)}")
     if prof.weights_as:
         lines.append(f"weights counted as the engine reads them: {prof.weights_as}")
+    lines.append(hooks_text(prof.hooks, "a decode step" if prof.n_decode else "the prefill"))
     rates_header = f"  {'GB/s':>6}  {'GFLOP/s':>7}  {'roof':>8}"
     lines += ["", f"by stop, all layers{'':4}{'median':>9}  {'share':>6}{rates_header}"]
     for row in prof.by_stop()[:BY_STOP]:
