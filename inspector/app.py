@@ -408,7 +408,10 @@ class InspectorApp(App[None]):
         if isinstance(self.screen, HelpScreen):
             self.pop_screen()
         else:
-            self.push_screen(HelpScreen(self.help_rows()))
+            # Installed, the screen outlives its first close: later opens skip composing and styling it.
+            if not self.is_screen_installed("help"):
+                self.install_screen(HelpScreen(self.help_rows()), "help")
+            self.push_screen("help")
 
     def help_rows(self) -> list[HelpRow]:
         """Every binding of the app, by section, in the order declared."""

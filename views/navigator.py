@@ -80,6 +80,8 @@ class Navigator(Tree[NavItem]):
         self._labels_for = 0  # bumped by each update_labels: which times the layer labels should show
         self._layer_labelled: dict[tuple[str, int], int] = {}  # (stop, layer) -> the `_labels_for` it shows
         self._paint_style: Style | None = None  # the widget's style, looked up once per paint
+        self._paint_components: dict | None = None  # component rule sets, looked up once per paint
+        self._relabelled: list[TreeNode[NavItem]] = []  # relabelled nodes whose rows await a repaint
 
     def build(self, trace: Trace) -> None:
         """(Re)build the tree when the layer count is known or changes."""
@@ -173,6 +175,7 @@ class Navigator(Tree[NavItem]):
                 slow = slowest.get(item.stop) == item.layer and self._n_layer > 1
                 text.append(f" {duration(ns)}", style=colors.WARN if slow else colors.DIM)
             self._set_label(node, text)
+        self._repaint_relabelled()
 
     def on_tree_node_expanded(self, event: Tree.NodeExpanded[NavItem]) -> None:
         self._label_visible_layers()
@@ -185,25 +188,69 @@ class Navigator(Tree[NavItem]):
         self._label_visible_layers()
 
     def _set_label(self, node: TreeNode[NavItem], label: Text) -> None:
-        """Relabel only what changed: a live run changes a few labels per poll, not all 400."""
+        """Relabel only what changed: a live run changes a few labels per poll, not all 400.
+
+        TreeNode.set_label copies the label and queues a callback per node that walks the rows on
+        screen and marks the node's row and its children's: on a step, ~50 queued callbacks, a
+        sixth of the navigator's cost (bench/ui.py --profile). Our labels are one line of our own text,
+        so store it as set_label does (the `_updates` bump is what retires the row's cached strip)
+        and repaint just the relabelled rows, at once, in `_repaint_relabelled`."""
         if self._labels.get(id(node)) != label:
             self._labels[id(node)] = label
-            node.set_label(label)
+            node._label = label
+            node._updates += 1
+            self._relabelled.append(node)
+
+    def _repaint_relabelled(self) -> None:
+        """Repaint the rows of the nodes relabelled since the last call, in runs of adjacent rows."""
+        nodes, self._relabelled = self._relabelled, []
+        if not nodes:
+            return
+        if self._tree_lines_cached is None:  # the lines are being rebuilt: that repaints every row
+            self.refresh()
+            return
+        lines = self._tree_lines_cached
+        top = round(self.scroll_offset.y)
+        bottom = top + self.size.height
+        rows = sorted({node._line for node in nodes
+                       if top <= node._line < bottom and node._line < len(lines)
+                       and lines[node._line].node is node})  # a closed stop's children keep a stale _line
+        runs: list[list[int]] = []  # [first, end) of each run of adjacent rows
+        for row in rows:
+            if runs and runs[-1][1] == row:
+                runs[-1][1] = row + 1
+            else:
+                runs.append([row, row + 1])
+        if runs:  # refresh() with no region would repaint the whole widget
+            width = self.size.width
+            self.refresh(*(Region(0, first - top, width, end - first) for first, end in runs))
 
     # Each paint sends every row of the tree through Tree.render_line (unchanged rows too, to fetch
     # them from its cache), which looks up `rich_style`, a walk over every ancestor's CSS, per row:
     # a quarter of the navigator's paint on a step change (bench/ui.py). It cannot change within one
     # paint, so look it up once.
+    # Likewise each row it draws looks up three component rule sets (`tree--guides`, ...: a CSS
+    # query each, a tenth of a row's cost): they cannot change within one paint either.
     def render_lines(self, crop: Region) -> list[Strip]:
         self._paint_style = super().rich_style
+        self._paint_components = {}
         try:
             return super().render_lines(crop)
         finally:
             self._paint_style = None
+            self._paint_components = None
 
     @property
     def rich_style(self) -> Style:
         return self._paint_style if self._paint_style is not None else super().rich_style
+
+    def get_component_styles(self, *names: str):
+        memo = self._paint_components
+        if memo is None:
+            return super().get_component_styles(*names)
+        if names not in memo:
+            memo[names] = super().get_component_styles(*names)
+        return memo[names]
 
     def _captured_stops(self, trace: Trace) -> set[str]:
         """The stops seen anywhere in the trace, scanning each finished step once."""
