@@ -34,8 +34,6 @@ from textual.geometry import Size
 from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
-from textual.visual import visualize
-from textual.widgets import Static
 
 from traces.base import Trace
 from views import colors
@@ -43,6 +41,7 @@ from views.format import sparkline
 from views.pieces import piece_format
 from views.safe import NL, assemble, truncate
 from views.selection import Selection
+from views.text_panel import TextPanel
 
 LABEL_WIDTH = 6  # cells of a query piece in the left gutter
 MAX_KEY_LABEL_ROWS = 5
@@ -392,10 +391,11 @@ class AttentionView(Vertical):
         self._keys: tuple[tuple, KeyLabels] | None = None  # the step's key labels, by (trace, step, T_k)
 
     def compose(self) -> ComposeResult:
-        yield Static(id="attention-title", classes="view-title")
-        yield Static(id="attention-stats")
+        # TextPanels: a step or head change repaints them and lays the screen out only when a height changes.
+        yield TextPanel(id="attention-title", classes="view-title")
+        yield TextPanel(id="attention-stats")
         yield Heatmap(id="attention-map")
-        yield Static(id="attention-readout", classes="legend")
+        yield TextPanel(id="attention-readout", classes="legend")
 
     def show(self, trace: Trace, selection: Selection) -> None:
         step, layer = selection.step, selection.layer
@@ -405,18 +405,18 @@ class AttentionView(Vertical):
             return
         self._shown = key
         heatmap = self.query_one(Heatmap)
-        title = self.query_one("#attention-title", Static)
-        stats = self.query_one("#attention-stats", Static)
+        title = self.query_one("#attention-title", TextPanel)
+        stats = self.query_one("#attention-stats", TextPanel)
         n_layer = trace.n_layer
         heading = assemble(("attention", colors.ACCENT), f" · layer {layer}/{n_layer}")
         weights = event.tensors.get("weights") if event is not None else None
         if weights is None or weights.ndim != 3 or 0 in weights.shape:
             self._map = None
             heatmap.set_map(None)
-            _update(title, heading)
+            title.set_text(heading)
             why = ("no attn event for this step and layer (not captured, or the run has not got there yet)"
                    if event is None else "this attn event carries no weights tensor [n_head, T_q, T_k]")
-            _update(stats, assemble((why, colors.WARN)))
+            stats.set_text(assemble((why, colors.WARN)))
             self._readout()
             return
 
@@ -424,7 +424,7 @@ class AttentionView(Vertical):
         head = selection.head % n_head
         hm = self._map = head_map(trace, step, layer, head, weights, self._key_labels(trace, step, weights.shape[2]))
         heading.append_text(assemble(" · ", (f"head {head}/{n_head}", "bold"), f" · kv group {hm.group}"))
-        _update(title, heading)
+        title.set_text(heading)
 
         # Per-head entropy (mean over the query rows), the sink mass, where the last query looks.
         per_head = self._head_entropy(event, weights)
@@ -439,7 +439,7 @@ class AttentionView(Vertical):
                 line.append_text(assemble((", ", colors.DIM)))
             line.append_text(assemble((f"k{int(k)} ", colors.DIM), (hm.key_labels[int(k)], "bold"),
                                       (f" {last[int(k)]:.2f}", colors.DIM)))
-        _update(stats, line)
+        stats.set_text(line)
         heatmap.set_map(hm)
         self._readout()
 
@@ -468,16 +468,16 @@ class AttentionView(Vertical):
         self._readout(message.cell)
 
     def _readout(self, cell: tuple[int, int] | None = None) -> None:
-        readout = self.query_one("#attention-readout", Static)
+        readout = self.query_one("#attention-readout", TextPanel)
         hm = self._map
         if hm is None:
-            _update(readout, "")
+            readout.set_text(Text(""))
             return
         if cell is None:
             ramp = Text(end="")
             for level in range(0, len(colors.RAMP), 4):
                 ramp.append("█", style=Style(color=colors.RAMP[level]))
-            _update(readout, assemble(("colour √(w / ", colors.DIM), (f"{hm.vmax:.2f}", colors.DIM),
+            readout.set_text(assemble(("colour √(w / ", colors.DIM), (f"{hm.vmax:.2f}", colors.DIM),
                                     (") ", colors.DIM), ramp, ("  ", ""), ("█", Style(color=colors.MASKED)),
                                     (" future (masked)", colors.DIM)))
             return
@@ -487,12 +487,4 @@ class AttentionView(Vertical):
         if hm.n_query > 1 and q + 1 < hm.n_query:
             text.append_text(assemble((f" · query {q + 1} ", colors.DIM), (hm.query_labels[q + 1], colors.DIM),
                                       (f": {hm.weights[q + 1, k]:.4f}", colors.DIM)))
-        _update(readout, text)
-
-
-def _update(static: Static, text: Text | str) -> None:
-    """Static.update, laying the screen out again only when the text's height changes: a layout
-    repaints every widget on screen, a plain refresh this one (its width cannot change here)."""
-    width, height = static.size
-    same = bool(width) and visualize(static, text, markup=False).get_height(static.styles, width) == height
-    static.update(text, layout=not same)
+        readout.set_text(text)
