@@ -197,6 +197,9 @@ class Navigator(Tree[NavItem]):
         and repaint just the relabelled rows, at once, in `_repaint_relabelled`."""
         if self._labels.get(id(node)) != label:
             self._labels[id(node)] = label
+            if not hasattr(node, "_updates"):  # a Textual whose TreeNode keeps these elsewhere: the public way
+                node.set_label(label)
+                return
             node._label = label
             node._updates += 1
             self._relabelled.append(node)
@@ -206,10 +209,10 @@ class Navigator(Tree[NavItem]):
         nodes, self._relabelled = self._relabelled, []
         if not nodes:
             return
-        if self._tree_lines_cached is None:  # the lines are being rebuilt: that repaints every row
+        lines = getattr(self, "_tree_lines_cached", None)  # Tree's own row list (private: absent, repaint all)
+        if lines is None:  # the lines are being rebuilt: that repaints every row
             self.refresh()
             return
-        lines = self._tree_lines_cached
         top = round(self.scroll_offset.y)
         bottom = top + self.size.height
         rows = sorted({node._line for node in nodes
