@@ -17,12 +17,7 @@ from engine.sampler import (
     SamplerParams,
     SamplerParamsError,
     dist,
-    min_p,
     penalties,
-    temperature,
-    top_k,
-    top_p,
-    typical,
 )
 from traces.live import MemoryTrace
 
@@ -72,14 +67,8 @@ def llama_stage(name: str, p: SamplerParams, n_vocab: int, history: list[int]):
 
 
 def our_stage(name: str, p: SamplerParams, history: list[int]):
-    return {
-        "penalties": lambda c: penalties(c, history, p),
-        "top_k": lambda c: top_k(c, p.top_k),
-        "typical": lambda c: typical(c, p.typical_p, p.min_keep),
-        "top_p": lambda c: top_p(c, p.top_p, p.min_keep),
-        "min_p": lambda c: min_p(c, p.min_p, p.min_keep),
-        "temp": lambda c: temperature(c, p.temp),
-    }[name]
+    """The stage as the engine's chain runs it (Sampler.stages)."""
+    return {stage: run for stage, run, _, _ in Sampler(p).stages(history)}[name]
 
 
 def random_logits(seed: int, n_vocab: int, scale: float = 3.0) -> np.ndarray:
