@@ -12,20 +12,21 @@ When the run pauses, the views jump to the event it is paused at.
 
 from __future__ import annotations
 
-import gc
 from dataclasses import replace
 from typing import Callable
 
 from rich.text import Text
-from textual import work
+from textual import events, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.reactive import reactive
-from textual.widgets import ContentSwitcher, Footer, Header, Static
+from textual.widgets import ContentSwitcher, Header, Static
 from textual.worker import Worker, WorkerState
 
 from engine.controller import RunCancelled, RunController
+from inspector.collector import IDLE_S, Collector
+from inspector.footer import KeyFooter
 from inspector.palette import StopFinder
 from inspector.screens.breakpoints import BreakpointScreen
 from inspector.screens.help import HelpRow, HelpScreen
@@ -147,6 +148,7 @@ class InspectorApp(App[None]):
         self._paused_at: Event | None = None
         self._run_state = "running" if run is not None else ""
         self._status: Text | None = None
+        self._collector = Collector()
 
     # Layout ----------------------------------------------------------------------
 
@@ -170,7 +172,7 @@ class InspectorApp(App[None]):
         yield StepBar(id="stepbar")
         yield StreamText(id="stream")
         yield Static(id="status")
-        yield Footer(compact=True)
+        yield KeyFooter(compact=True)
 
     def on_mount(self) -> None:
         self.query_one(StreamText).border_title = "stream"
@@ -188,9 +190,14 @@ class InspectorApp(App[None]):
             self.set_interval(1 / POLL_HZ, self._poll)
         if self._run is not None:
             self._run_engine()
-        # What exists now (the trace's index, the widgets, the modules) lives as long as the app: out of
-        # the collector's sight, so a full collection no longer walks it (~100 ms, now and then a keypress).
-        gc.freeze()
+        # Python's cycle collector runs between keypresses, not in one (inspector/collector.py).
+        self._collector.sweep()
+        self.set_interval(IDLE_S / 2, self._collector.tick)
+
+    async def on_event(self, event: events.Event) -> None:
+        if isinstance(event, (events.Key, events.MouseDown, events.MouseScrollDown, events.MouseScrollUp)):
+            self._collector.on_input()
+        await super().on_event(event)
 
     # Selection -------------------------------------------------------------------
 
@@ -200,7 +207,11 @@ class InspectorApp(App[None]):
     def _show(self) -> None:
         sel, trace = self.selection, self.trace
         switcher = self.query_one(ContentSwitcher)
-        switcher.current = sel.view
+        if switcher.current != sel.view:
+            switcher.current = sel.view
+            # Which keys are enabled depends on the view (`h` in attention): update the key bar now,
+            # in this frame. Textual refreshes the bindings after the frame: a second one (~20 ms).
+            self.screen.refresh_bindings()
         view = switcher.get_child_by_id(sel.view)
         view.show(trace, sel)
         self.query_one(Navigator).update_labels(trace, sel.step)
@@ -440,6 +451,7 @@ class InspectorApp(App[None]):
         """However the app ends (q, ctrl+q, a test), a live run's engine thread must end too."""
         if self.controller is not None:
             self.controller.cancel()  # the engine thread raises RunCancelled at its next stop
+        self._collector.release()
 
 
 def make_app(

@@ -19,6 +19,7 @@ from traces.base import Trace
 from traces.schema import STOP_BY_NAME
 from views import colors
 from views.format import duration, step_kind
+from views.geometry import shown_size
 from views.lines import line_segments, split_lines
 from views.safe import NL, assemble, escape_controls, truncate
 from views.selection import Selection
@@ -124,7 +125,7 @@ class EventView(ScrollView):
     def _fit(self) -> None:
         """The scrollable size: the text wrapped to the view's width, less the scrollbar's when it
         does not fit the height (as the container of Statics laid it out)."""
-        width, height = self.size
+        width, height = shown_size(self)  # a view opened in this message is still hidden
         if not width:
             return
         # More lines than rows before any wrapping: the scrollbar is certain, wrap once, without it.

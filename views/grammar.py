@@ -20,6 +20,7 @@ from textual.widget import Widget
 from traces.base import Trace
 from views import colors
 from views.format import bar
+from views.geometry import NoScrollLayout
 from views.pieces import piece_format
 from views.safe import NL, assemble, truncate
 from views.selection import Selection
@@ -82,7 +83,7 @@ def state_text(g: GrammarStep) -> tuple[str, str]:
     return "must go on", colors.DIM
 
 
-class GrammarView(Widget):
+class GrammarView(NoScrollLayout, Widget):
     """The grammar's mask at one step, and the run's steps under it."""
 
     def __init__(self, **kwargs) -> None:

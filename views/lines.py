@@ -19,8 +19,10 @@ from textual.geometry import Size
 from textual.strip import Strip
 from textual.widget import Widget
 
+from views.geometry import NoScrollLayout
 
-class TextLines(Widget):
+
+class TextLines(NoScrollLayout, Widget):
     """Subclasses implement `render() -> Text` (lines cut at the widget's width, not wrapped) and
     call `refresh()` when what they show changes."""
 

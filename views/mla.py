@@ -33,6 +33,7 @@ from traces.base import Trace
 from views import colors
 from views.charts import column_chart
 from views.format import step_kind
+from views.geometry import NoScrollLayout
 from views.qkv import diverging
 from views.safe import NL, assemble, fit
 from views.selection import Selection
@@ -108,7 +109,7 @@ def describe_ramp(ramp: list[float], factor: float) -> str:
     return ("pairs " if len(ramp) > 1 else "pair ") + " · ".join(parts)
 
 
-class MLAView(Widget):
+class MLAView(NoScrollLayout, Widget):
     """One layer's latent cache at one step; redrawn to the widget's size."""
 
     def __init__(self, **kwargs) -> None:

@@ -11,8 +11,10 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widgets import Static
 
+from views.geometry import NoScrollLayout, shown_size
 
-class TextPanel(Static):
+
+class TextPanel(NoScrollLayout, Static):
     _text: Text | None = None
 
     def set_text(self, text: Text) -> None:
@@ -21,8 +23,8 @@ class TextPanel(Static):
         if self._text is not None and text == self._text:
             return
         self._text = text
-        width = self.size.width
-        before = self.get_content_height(self.size, self.size, width)  # cached since the last paint
+        size = shown_size(self)  # a view opened in this message is still hidden
+        before = self.get_content_height(size, size, size.width)  # cached since the last paint
         self.update(text, layout=False)  # drops the cached height
-        if self.get_content_height(self.size, self.size, width) != before:
+        if self.get_content_height(size, size, size.width) != before:
             self.refresh(layout=True)

@@ -23,6 +23,7 @@ from textual.widget import Widget
 
 from traces.base import Trace
 from views import colors
+from views.geometry import NoScrollLayout, shown_size
 from views.lines import line_segments
 from views.merges import MergeState, initial_symbols, merge_lines, replay
 from views.pieces import piece_format
@@ -127,7 +128,7 @@ def pack_chips(widths: list[int], width: int) -> list[tuple[int, int]]:
     return lines
 
 
-class TokenChips(Widget):
+class TokenChips(NoScrollLayout, Widget):
     """The chips, wrapped to the widget's width, drawn through the line API.
 
     A step changes only the generated tokens' chips (which is underlined, which dimmed), so each
@@ -147,7 +148,7 @@ class TokenChips(Widget):
 
     def set_chips(self, chips: list[Text]) -> None:
         """Show `chips`; chips are compared by identity (TokensView keeps one Text per token and state)."""
-        width = self.size.width
+        width = shown_size(self).width  # the tokens view opened in this message is still hidden
         old = [self._line_chips(i, width) for i in range(len(self._lines(width)))]
         self._chips = chips
         self._widths = [cell_len(c.plain) for c in chips]

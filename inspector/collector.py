@@ -1,0 +1,61 @@
+"""When Python's cycle collector runs: between keypresses, not in the middle of one.
+
+A full collection walks every container object the collector tracks: the trace's index, the
+widgets, and the views' caches of drawn lines (each Segment is a tuple). Left to its thresholds it
+ran every few dozen presses and took 60-90 ms on a 2-core machine, the slowest thing a keypress
+ever did (bench/ui.py). So:
+
+* at each key or mouse press, what exists is frozen (`gc.freeze`, which moves the tracked objects
+  out of the collector's sight at no cost): automatic collections then walk only what the
+  press itself allocates, a few milliseconds at most;
+* once nobody has pressed anything for `IDLE_S`, the objects are unfrozen and a full collection
+  frees the cycles that became garbage meanwhile, then what is left is frozen again.
+
+Most of that garbage is Textual's: each Strip it paints keeps caches that can hold the Strip
+itself, so every line painted becomes a cycle (~700 objects a keypress, bench/ui.py). A sweep
+costs about what one full collection did, but while nobody waits for the screen. Someone who
+never pauses (a key held down) gets a sweep anyway once `MAX_FROZEN_GROWTH` objects were frozen
+since the last one, about a thousand presses: the garbage a busy stretch can hold is bounded.
+Objects freed by reference counting, most of what a press drops, are freed at once either way.
+"""
+
+from __future__ import annotations
+
+import gc
+from time import monotonic
+
+IDLE_S = 1.0
+MAX_FROZEN_GROWTH = 1_000_000
+
+
+class Collector:
+    def __init__(self) -> None:
+        self.last_input = monotonic()
+        self.pending = False  # presses since the last full collection
+        self.sweeps = 0
+        self.frozen_after_sweep = 0
+
+    def on_input(self) -> None:
+        """A key or mouse press arrived: freeze what exists before handling it."""
+        gc.freeze()
+        self.last_input = monotonic()
+        self.pending = True
+        if gc.get_freeze_count() - self.frozen_after_sweep > MAX_FROZEN_GROWTH:
+            self.sweep()
+
+    def tick(self) -> None:
+        """Called on an interval: sweep once the person has paused."""
+        if self.pending and monotonic() - self.last_input >= IDLE_S:
+            self.sweep()
+
+    def release(self) -> None:
+        """The app is closing: hand everything back to the collector."""
+        gc.unfreeze()
+
+    def sweep(self) -> None:
+        self.pending = False
+        self.sweeps += 1
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
+        self.frozen_after_sweep = gc.get_freeze_count()
