@@ -53,7 +53,7 @@ def test_garbage_cycles_are_freed_after_a_pause(collector, monkeypatch):
 
 
 def test_a_busy_stretch_is_bounded(collector, monkeypatch):
-    monkeypatch.setattr(collector_module, "MAX_FROZEN_GROWTH", 1000)
+    monkeypatch.setattr(collector_module, "MAX_BUSY_INPUTS", 3)
     collector.on_input()
     sweeps = collector.sweeps
     refs = []

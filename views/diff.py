@@ -34,6 +34,7 @@ from textual.widget import Widget
 from traces.base import Trace
 from traces.diff import METRICS, Divergence, TraceDiff, describe_side
 from views import colors
+from views.paint_style import PaintStyle
 from views.pieces import piece_format
 from views.safe import NL, assemble, truncate
 
@@ -104,7 +105,7 @@ def metrics_for(stop: str) -> tuple[str, ...]:
     return METRICS if stop == "logits" else METRICS[:3]
 
 
-class DiffMap(ScrollView, can_focus=True):
+class DiffMap(PaintStyle, ScrollView, can_focus=True):
     """Layers × steps of one stop, coloured by one metric; arrow keys move the cursor."""
 
     BINDINGS = [

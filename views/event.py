@@ -21,6 +21,7 @@ from views import colors
 from views.format import duration, step_kind
 from views.geometry import shown_size
 from views.lines import line_segments, split_lines
+from views.paint_style import PaintStyle
 from views.safe import NL, assemble, escape_controls, truncate
 from views.selection import Selection
 
@@ -47,7 +48,7 @@ def tensor_summary(name: str, value: np.ndarray) -> Text:
     return head
 
 
-class EventView(ScrollView):
+class EventView(PaintStyle, ScrollView):
     """One event of the selected step/stop/layer, drawn through the line API.
 
     Its text is wrapped once per change, as a Static would wrap it, and only the lines on screen

@@ -20,9 +20,10 @@ from textual.strip import Strip
 from textual.widget import Widget
 
 from views.geometry import NoScrollLayout
+from views.paint_style import PaintStyle
 
 
-class TextLines(NoScrollLayout, Widget):
+class TextLines(PaintStyle, NoScrollLayout, Widget):
     """Subclasses implement `render() -> Text` (lines cut at the widget's width, not wrapped) and
     call `refresh()` when what they show changes."""
 

@@ -37,6 +37,7 @@ from textual.widgets import Static
 from traces.base import Trace
 from views import colors
 from views.format import step_kind
+from views.paint_style import PaintStyle
 from views.pieces import piece_format
 from views.safe import assemble, fit
 from views.selection import Selection
@@ -131,7 +132,7 @@ def load_line(load: np.ndarray) -> Text:
                      ("· busiest ", colors.DIM), busiest or "none", (" · idle ", colors.DIM), idle_text)
 
 
-class HeatGrid(ScrollView, can_focus=True):
+class HeatGrid(PaintStyle, ScrollView, can_focus=True):
     """Rows of a label and one heat cell per expert (or per run of experts), line API."""
 
     def __init__(self, **kwargs) -> None:

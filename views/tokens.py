@@ -25,6 +25,7 @@ from traces.base import Trace
 from views import colors
 from views.geometry import NoScrollLayout, shown_size
 from views.lines import line_segments
+from views.paint_style import PaintStyle
 from views.merges import MergeState, initial_symbols, merge_lines, replay
 from views.pieces import piece_format
 from views.safe import NL, assemble, safe, truncate
@@ -128,7 +129,7 @@ def pack_chips(widths: list[int], width: int) -> list[tuple[int, int]]:
     return lines
 
 
-class TokenChips(NoScrollLayout, Widget):
+class TokenChips(PaintStyle, NoScrollLayout, Widget):
     """The chips, wrapped to the widget's width, drawn through the line API.
 
     A step changes only the generated tokens' chips (which is underlined, which dimmed), so each
