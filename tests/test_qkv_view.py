@@ -40,3 +40,13 @@ async def test_v_opens_the_view_and_h_changes_head():
 
 def test_qkv_view_snapshot(snap_compare):
     assert snap_compare(make_app(synthetic.trace()), press=["v", "l"], terminal_size=(80, 24))
+
+
+def test_diverging_row_gives_each_value_its_diverging_colour():
+    """The q/k/v rows are coloured at once; each cell must get the colour `diverging` gives it."""
+    import numpy as np
+
+    from views.qkv import diverging, diverging_row
+
+    x = np.concatenate([np.linspace(-1.5, 1.5, 4001), np.random.default_rng(0).standard_normal(2000)])
+    assert diverging_row(x) == [diverging(float(v)) for v in x]

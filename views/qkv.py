@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from rich.style import Style
-from rich.text import Text
+from rich.text import Span, Text
 
 from traces.base import Trace
 from views import colors
@@ -111,14 +111,33 @@ def rope_legend(h: HeadVectors) -> str:
     return f"  YaRN ×{factor:g}: pairs " + ", ".join(split)
 
 
+GREY = (0x30, 0x30, 0x38)
+RED, BLUE = (0xF0, 0x60, 0x50), (0x50, 0x90, 0xF0)
+_STYLES: dict[tuple[int, int, int], Style] = {}  # a Style parses its colour: make each one once (≤ 2 × 256)
+
+
+def _style(r: int, g: int, b: int) -> Style:
+    style = _STYLES.get((r, g, b))
+    if style is None:
+        style = _STYLES[(r, g, b)] = Style(color=f"#{r:02x}{g:02x}{b:02x}")
+    return style
+
+
 def diverging(x: float) -> Style:
     """x in [-1, 1] to a blue-grey-red colour."""
     x = max(-1.0, min(1.0, x))
     t = abs(x) ** 0.5  # small values stay visible
-    grey = (0x30, 0x30, 0x38)
-    end = (0xF0, 0x60, 0x50) if x > 0 else (0x50, 0x90, 0xF0)
-    r, g, b = (round(grey[c] + (end[c] - grey[c]) * t) for c in range(3))
-    return Style(color=f"#{r:02x}{g:02x}{b:02x}")
+    end = RED if x > 0 else BLUE
+    return _style(*(round(GREY[c] + (end[c] - GREY[c]) * t) for c in range(3)))
+
+
+def diverging_row(x: np.ndarray) -> list[Style]:
+    """`diverging` of each value, at once: the same colours, a q row is up to ~100 cells a keypress."""
+    x = np.clip(np.asarray(x, dtype=np.float64), -1.0, 1.0)
+    t = np.abs(x) ** 0.5
+    end = np.where((x > 0)[:, None], RED, BLUE)
+    rgb = np.round(np.asarray(GREY) + (end - np.asarray(GREY)) * t[:, None]).astype(int)  # half to even, as round()
+    return [_style(int(r), int(g), int(b)) for r, g, b in rgb]
 
 
 def vector_line(label: str, v: np.ndarray, scale: float, width: int) -> Text:
@@ -128,9 +147,12 @@ def vector_line(label: str, v: np.ndarray, scale: float, width: int) -> Text:
     buckets = np.pad(v, (0, pad)).reshape(-1, size)
     # a bucket shows its value of largest magnitude, sign kept
     picked = buckets[np.arange(buckets.shape[0]), np.abs(buckets).argmax(axis=1)]
-    line = Text(fit(label, LABEL_WIDTH), end="")
-    for x in picked:
-        line.append("█", diverging(float(x) / scale if scale else 0.0))
+    head = fit(label, LABEL_WIDTH)
+    picked = picked.astype(np.float64)  # divided in double precision, as float(x) / scale was
+    styles = diverging_row(picked / scale if scale else np.zeros_like(picked))
+    # One span per cell, made directly: Text.append per cell was most of the view's paint.
+    spans = [Span(i, i + 1, style) for i, style in enumerate(styles, start=len(head))]
+    line = Text(head + "█" * len(styles), end="", spans=spans)
     line.append(f" ‖{float(np.linalg.norm(v)):6.2f}", colors.DIM)
     return line
 
@@ -186,8 +208,7 @@ class QKVView(TextLines):
             for pos, tid in shown:
                 label = f"{pos:>3} " + (fmt.show(tid) if tid is not None else "")
                 line = Text(fit(label, LABEL_WIDTH) + " ", end="")
-                for f in inv_freq:
-                    line.append(angle_arrow(pos * f), colors.ACCENT)
+                line.append("".join(angle_arrow(pos * f) for f in inv_freq), colors.ACCENT)
                 lines.append(line)
             if stride > 1:
                 lines.append(assemble((f"every {stride}th pair shown", colors.DIM)))
