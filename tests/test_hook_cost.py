@@ -166,7 +166,7 @@ def test_a_trace_without_hook_cost_says_not_measured(tmp_path):
     assert NOT_MEASURED in table(prof) and "not measured" in NOT_MEASURED
     view = TimingView()
     view.show(trace, Selection(step=1, stop="logits"))
-    assert "hooks: not measured" in view.render().plain
+    assert "hooks: not measured" in view.rendered_text().plain
 
 
 def test_the_timing_view_shows_the_steps_hook_cost(tiny, tmp_path):
@@ -174,7 +174,7 @@ def test_the_timing_view_shows_the_steps_hook_cost(tiny, tmp_path):
     trace = open_trace(tmp_path / "run.trace")
     view = TimingView()
     view.show(trace, Selection(step=1, stop="attn"))
-    line = view.render().plain.splitlines()[1]
+    line = view.rendered_text().plain.splitlines()[1]
     assert line.startswith("hooks ") and f"{trace.hook_cost(1).stops} stops" in line
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.text import Text
 
 from views import colors
+from views.lines import cells_text
 from views.safe import assemble
 
 _EIGHTHS = " ▁▂▃▄▅▆▇█"
@@ -16,14 +17,14 @@ def column_chart(values: list[float], width: int, rows: int, hot: set[int], colo
     col = 2 if len(values) * 3 <= width else 1  # two cells and a gap when it fits, else one cell
     gap = 1 if len(values) * (col + 1) <= width else 0
     lines = []
+    eighths = [round(ns / top * rows * 8) if top else 0 for ns in values]
     for row in range(rows - 1, -1, -1):
-        line = Text(end="")
-        for il, ns in enumerate(values):
-            eighths = round(ns / top * rows * 8) if top else 0
-            level = max(0, min(8, eighths - row * 8))
-            line.append(_EIGHTHS[level] * col, colors.WARN if il in hot else color)
-            line.append(" " * gap)
-        lines.append(line)
+        cells = []
+        for il, e in enumerate(eighths):
+            cells.append((_EIGHTHS[max(0, min(8, e - row * 8))] * col, colors.WARN if il in hot else color))
+            if gap:
+                cells.append((" " * gap, ""))
+        lines.append(cells_text("", cells))
     # layer numbers under every fifth column
     labels = [" "] * (len(values) * (col + gap))
     for il in range(0, len(values), 5):

@@ -24,8 +24,11 @@ from views.paint_style import PaintStyle
 
 
 class TextLines(PaintStyle, NoScrollLayout, Widget):
-    """Subclasses implement `render() -> Text` (lines cut at the widget's width, not wrapped) and
-    call `refresh()` when what they show changes."""
+    """Subclasses implement `render()` and call `refresh()` when what they show changes. It returns
+    the lines, cut at the widget's width, not wrapped: as a list of Text, one per line, or as one
+    Text with newlines. The list spares joining the lines only to split them again (a heatmap's
+    thousands of spans, ~5 ms a keypress in the residual view), and each line's own style stays
+    under its spans, as its base, instead of overlapping them."""
 
     _strips: tuple[Size, list[Strip]] | None = None
 
@@ -40,14 +43,27 @@ class TextLines(PaintStyle, NoScrollLayout, Widget):
         strips = self._strips[1]
         return strips[y] if y < len(strips) else Strip.blank(size.width, self.rich_style)
 
+    def rendered_text(self) -> Text:
+        """What `render` draws, as one Text (for tests and tools that read a view's text)."""
+        rendered = self.render()
+        return rendered if isinstance(rendered, Text) else Text("\n", end="").join(rendered)
+
     def _render_strips(self, width: int) -> list[Strip]:
-        text = self.render()
-        if not isinstance(text, Text):
-            text = Text(str(text))
-        base, outer = self.rich_style, text.style
+        rendered = self.render()
+        texts = rendered if isinstance(rendered, list) else [rendered]
+        base = self.rich_style
         styles: dict = {}  # span style -> base + it: a view repeats a few styles over many spans
         out = []
-        for plain, spans in split_lines(text):
+        for text in texts:
+            if not isinstance(text, Text):
+                text = Text(str(text))
+            out += self._text_strips(text, width, base, styles)
+        return out
+
+    def _text_strips(self, text: Text, width: int, base: Style, styles: dict) -> list[Strip]:
+        outer, out = text.style, []
+        lines = [(text.plain, text.spans)] if "\n" not in text.plain else split_lines(text)
+        for plain, spans in lines:
             segments = line_segments(plain, spans, outer, base, styles)
             if segments is None:  # overlapping spans: rich's general renderer
                 line = Text(plain, style=outer, spans=spans, end="")
@@ -111,3 +127,27 @@ def line_segments(plain: str, spans: list[Span], outer, base: Style, styles: dic
     if pos < len(plain):
         out.append(Segment(plain[pos:], style(None)))
     return out
+
+
+def cells_text(head: str, cells: list[tuple[str, Style | str]], tail: Text | None = None) -> Text:
+    """`head` then each cell's text in its style, one span per run of equal styles, built directly.
+
+    For heatmap and chart rows (hundreds of cells a keypress): `Text.append` per cell strips
+    control codes from each piece and was most of such a view's drawing. The cells are the
+    view's own characters (blocks, arrows), never text from a model or a trace, so there is
+    nothing to strip; `head` is a label already made safe (views/safe.py)."""
+    plain, spans, at = [head], [], len(head)
+    run_style, run_start = None, at
+    for text, style in cells:
+        if style != run_style:
+            if run_style and at > run_start:
+                spans.append(Span(run_start, at, run_style))
+            run_style, run_start = style, at
+        plain.append(text)
+        at += len(text)
+    if run_style and at > run_start:
+        spans.append(Span(run_start, at, run_style))
+    line = Text("".join(plain), end="", spans=spans)
+    if tail is not None:
+        line.append_text(tail)
+    return line

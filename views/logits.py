@@ -83,7 +83,7 @@ class LogitsView(TextLines):
         self._lens = lens(trace, selection.step)
         self.refresh()
 
-    def render(self) -> Text:
+    def render(self) -> Text | list[Text]:
         trace, top = self._trace, self._top
         if trace is None:
             return Text("")
@@ -133,7 +133,7 @@ class LogitsView(TextLines):
             lines.append(assemble(("this logits event carries no top-k and no logits tensor", colors.WARN)))
         if self._lens:
             lines += self._lens_lines(fmt, width, max(3, self.size.height - len(lines) - 2))
-        return Text("\n", end="").join(lines)
+        return lines
 
     def _lens_lines(self, fmt, width: int, room: int) -> list[Text]:
         """One row per layer (evenly thinned to fit, the last always kept): its top-1 and p."""

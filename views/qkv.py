@@ -180,7 +180,7 @@ class QKVView(TextLines):
         self._head = read_head(trace, selection.step, selection.layer, selection.head) if ready else None
         self.refresh()
 
-    def render(self) -> Text:
+    def render(self) -> Text | list[Text]:
         h, trace = self._head, self._trace
         title = assemble(("q·k·v", colors.ACCENT))
         if h is None or trace is None:
@@ -212,4 +212,4 @@ class QKVView(TextLines):
                 lines.append(line)
             if stride > 1:
                 lines.append(assemble((f"every {stride}th pair shown", colors.DIM)))
-        return Text("\n", end="").join(lines)
+        return lines

@@ -24,7 +24,7 @@ from views import colors
 from views.charts import column_chart
 from views.format import bar, step_kind
 from views.pieces import piece_format
-from views.lines import TextLines
+from views.lines import TextLines, cells_text
 from views.safe import NL, assemble, fit
 from views.selection import Selection
 
@@ -97,7 +97,7 @@ class ResidualView(TextLines):
         self._stream = read_stream(trace, selection.step, selection.layer)
         self.refresh()
 
-    def render(self) -> Text:
+    def render(self) -> Text | list[Text]:
         s, trace = self._stream, self._trace
         title = assemble(("residual stream", colors.ACCENT))
         if s is None or trace is None:
@@ -117,7 +117,7 @@ class ResidualView(TextLines):
 
         if s.out is None:
             lines += [Text(""), assemble(("this layer's residual tensor was not captured", colors.DIM))]
-            return Text("\n", end="").join(lines)
+            return lines
 
         fmt = piece_format(trace)
         room = max(2, (height - len(lines) - 4) // 2)
@@ -142,11 +142,5 @@ class ResidualView(TextLines):
         levels = np.minimum(colors.LEVELS - 1, (np.sqrt(buckets / peak) * (colors.LEVELS - 1) + 0.5).astype(int))
         for tid, row in zip(ids, levels.tolist()):
             label = fmt.show(tid) if tid is not None else "·"
-            line = Text(fit(label, PIECE_WIDTH) + " ", end="")
-            start = 0
-            for i in range(1, len(row) + 1):  # one span per run of equal cells
-                if i == len(row) or row[i] != row[start]:
-                    line.append("█" * (i - start), RAMP_STYLES[row[start]])
-                    start = i
-            lines.append(line)
-        return Text("\n", end="").join(lines)
+            lines.append(cells_text(fit(label, PIECE_WIDTH) + " ", [("█", RAMP_STYLES[level]) for level in row]))
+        return lines

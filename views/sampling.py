@@ -131,7 +131,7 @@ class SamplingView(TextLines):
         self._trace, self._step, self._funnel = trace, selection.step, funnel(trace, selection.step)
         self.refresh()
 
-    def render(self) -> Text:
+    def render(self) -> Text | list[Text]:
         trace, f = self._trace, self._funnel
         if trace is None:
             return Text("")
@@ -150,7 +150,7 @@ class SamplingView(TextLines):
         lines.append(Text(""))
         if not f.stages:
             lines.append(assemble(("this trace has the drawn token only, not the sampler's stages", colors.WARN)))
-            return Text("\n", end="").join(lines)
+            return lines
 
         width = max(30, self.size.width)
         wide = width >= STAGE_WIDTH + SETTING_WIDTH + 9 + FUNNEL_WIDTH + 9 + CELL_WIDTH  # else: no setting, no bar
@@ -167,7 +167,7 @@ class SamplingView(TextLines):
             previous = stage
         lines.append(Text(""))
         lines.append(self._draw_line(f, fmt))
-        return Text("\n", end="").join(lines)
+        return lines
 
     def _row(self, stage: Stage, previous: Stage | None, f: Funnel, n_cells: int, fmt, wide: bool) -> Text:
         dim = not stage.active

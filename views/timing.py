@@ -123,7 +123,7 @@ class TimingView(TextLines):
         self._timing = self._summed[key]
         self.refresh()
 
-    def render(self) -> Text:
+    def render(self) -> Text | list[Text]:
         t = self._timing
         title = assemble(("timing", colors.ACCENT))
         if t is None:
@@ -173,4 +173,4 @@ class TimingView(TextLines):
                 (rates, ""), ("  " + bar(ns / slowest if slowest else 0.0, bar_width) if bar_width >= 6 else "",
                               colors.ACCENT),
             ))
-        return Text("\n", end="").join(lines)
+        return lines
