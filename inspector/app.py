@@ -421,7 +421,7 @@ class InspectorApp(App[None]):
         else:
             # Installed, the screen outlives its first close: later opens skip composing and styling it.
             if not self.is_screen_installed("help"):
-                self.install_screen(HelpScreen(self.help_rows()), "help")
+                self.install_screen(HelpScreen(self.help_rows(), split=3), "help")
             self.push_screen("help")
 
     def help_rows(self) -> list[HelpRow]:
@@ -437,14 +437,16 @@ class InspectorApp(App[None]):
             note = "live" if action in LIVE_ACTIONS else ", ".join(VIEW_ACTIONS.get(action, ()))
             rows.append(HelpRow(SECTIONS.get(binding_id.split(".")[0], "other"), " ".join(keys),
                                 binding.description, note))
-        order = list(SECTIONS.values())
-        rows.sort(key=lambda r: order.index(r.section) if r.section in order else len(order))
         rows += [
             HelpRow("navigator", "↑ ↓", "move between stops"),
             HelpRow("navigator", "enter", "a stop's layers"),
             HelpRow("navigator", "tab", "focus the view"),
             HelpRow("navigator", "^p", "find a stop by name"),
         ]
+        # The navigator's keys beside the other moving keys; the first three sections make the left
+        # column, so both columns fit an 80 × 24 terminal.
+        order = [SECTIONS["run"], SECTIONS["nav"], "navigator", SECTIONS["view"], SECTIONS["app"]]
+        rows.sort(key=lambda r: order.index(r.section) if r.section in order else len(order))
         return rows
 
     def on_unmount(self) -> None:
