@@ -4,7 +4,7 @@ from rich.color import Color
 
 from inspector.app import make_app
 from tests.fixtures import kv
-from tests.fixtures.screen import screen_text
+from tests.fixtures.screen import screen_lines, screen_text
 from traces.live import MemoryTrace
 from views.kv_cache import EMPTY, MASKED_COLOR, UNKNOWN, BlockGrid, read_cache_map
 
@@ -85,3 +85,35 @@ def test_kv_view_snapshot(snap_compare):
     """Step 2, layer 1 (a sliding window of 6): the prefill's blocks, two decode steps, the
     newest slot highlighted, positions 0-7 greyed out, one free block left in the pool."""
     assert snap_compare(make_app(kv.trace()), press=[*TO_KV_WRITE, "l", "right", "right"], terminal_size=(80, 24))
+
+
+async def _full_repaint_lines(app, pilot, grid):
+    grid.refresh()
+    await pilot.pause()
+    return screen_lines(app)
+
+
+async def test_steps_and_layers_leave_on_screen_what_a_full_repaint_shows():
+    app = make_app(kv.trace())
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press(*TO_KV_WRITE)
+        grid = app.query_one(BlockGrid)
+        for key in ["right", "right", "l", "right", "left", "L", "left", "l", "l"]:
+            await pilot.press(key)
+            await pilot.pause()
+            assert screen_lines(app) == await _full_repaint_lines(app, pilot, grid), key
+
+
+async def test_a_layer_change_repaints_only_the_blocks_that_look_different():
+    app = make_app(kv.trace())
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press(*TO_KV_WRITE, "right", "right")  # step 2, layer 0 (global)
+        await pilot.pause()
+        grid = app.query_one(BlockGrid)
+        repainted = []
+        refresh = grid.refresh
+        grid.refresh = lambda *regions, **k: (repainted.append(regions), refresh(*regions, **k))[1]
+        await pilot.press("l")  # layer 1: a window of 6 greys out positions 0-7, blocks 0 and 1
+        await pilot.pause()
+        lines = sorted({y for regions in repainted for region in regions for y in range(region.y, region.bottom)})
+        assert lines == [1, 2]  # the rows of blocks 0 and 1 (line 0 is the slot axis)

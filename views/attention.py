@@ -11,15 +11,17 @@ The key axis (top) is labelled with the key tokens' pieces written downwards, th
 Colour is √(w / max w of the head), so small weights stay visible; future keys a causal query
 cannot see are drawn in a separate dark colour.
 
-Kept fast on a 512-token prefill (bench/ui.py, issue #6's ~50 ms a keypress): the per-head entropy
+Kept fast on a 512-token prefill (bench/ui.py, issue #6's ~30 ms a keypress): the per-head entropy
 is computed once per event, in float32 and over the causal triangle only, so a head change reuses it;
-each screen line is built from the keys on screen only and cached per (line, scroll, width); the text
+the colour levels are quantized by blocks of rows as they are drawn; each screen line is built from
+the keys on screen only and cached per (line, scroll, width); a new map repaints only the lines
+that changed and lays nothing out unless a scrollbar comes or goes (`LineScrollView`); the text
 above and below the map is updated without a layout when its height stays the same.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from rich.cells import cell_len
@@ -32,7 +34,6 @@ from textual.cache import LRUCache
 from textual.containers import Vertical
 from textual.geometry import Size
 from textual.message import Message
-from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
 from traces.base import Trace
@@ -41,6 +42,7 @@ from views.format import sparkline
 from views.pieces import piece_format
 from views.safe import NL, assemble, truncate
 from views.selection import Selection
+from views.line_scroll import LineScrollView
 from views.text_panel import TextPanel
 
 LABEL_WIDTH = 6  # cells of a query piece in the left gutter
@@ -48,12 +50,13 @@ MAX_KEY_LABEL_ROWS = 5
 MASKED_LEVEL = -1
 NO_ROW = -2  # the lower half of the last line when the number of queries is odd
 ENTROPY_BLOCK = 64  # query rows per block of head_entropy
+LEVEL_BLOCK = 64  # query rows per block of HeadMap.level_rows
 STATS_KEPT = 64  # events whose per-head entropies are kept (AttentionView._entropies)
 
 
 @dataclass
 class HeadMap:
-    """One head's weights, quantized to colour levels, with the labels of both axes."""
+    """One head's weights, quantized to colour levels as they are drawn, with the labels of both axes."""
 
     step: int
     layer: int
@@ -61,13 +64,13 @@ class HeadMap:
     n_head: int
     n_kv: int
     weights: np.ndarray  # [T_q, T_k] float
-    levels: np.ndarray  # [T_q, T_k] int, MASKED_LEVEL where the query cannot see the key
     key_labels: list[str]  # readable pieces, one per key
     key_special: list[bool]
     query_labels: list[str]  # one per query
     key_axis: list[str]  # the key labels as the axes show them: `<|im_start|>` → `im_start`
     vmax: float
     longest_key: int  # cells of the longest key-axis label
+    _blocks: dict[int, np.ndarray] = field(default_factory=dict, repr=False, compare=False)  # LEVEL_BLOCK rows each
 
     @property
     def n_query(self) -> int:
@@ -81,6 +84,39 @@ class HeadMap:
     def group(self) -> int:
         per_group = max(1, self.n_head // max(1, self.n_kv))
         return self.head // per_group
+
+    def level_rows(self, q0: int, q1: int, k0: int, k1: int) -> np.ndarray:
+        """Colour levels of queries q0..q1 × keys k0..k1 [int16], MASKED_LEVEL where a query cannot
+        see the key. Quantized as drawn, by blocks of query rows, not for the whole map at once: a
+        prefill's map is 512 × 512 and a screen shows ~60 × 100 of it (the whole map took ~3 ms of
+        each layer or head change, and a call per screen line as much again in numpy's overhead)."""
+        q1, k1 = min(q1, self.n_query), min(k1, self.n_key)
+        b0, b1 = q0 // LEVEL_BLOCK, max(q0, q1 - 1) // LEVEL_BLOCK
+        rows = [self._level_block(b) for b in range(b0, b1 + 1)]
+        block = rows[0] if len(rows) == 1 else np.concatenate(rows)
+        return block[q0 - b0 * LEVEL_BLOCK: q1 - b0 * LEVEL_BLOCK, k0:k1]
+
+    def _level_block(self, b: int) -> np.ndarray:
+        levels = self._blocks.get(b)
+        if levels is not None:
+            return levels
+        q0, q1 = b * LEVEL_BLOCK, min(self.n_query, (b + 1) * LEVEL_BLOCK)
+        w = self.weights[q0:q1]
+        if self.vmax > 0:
+            scaled = np.clip(w / self.vmax, 0.0, 1.0)  # a float32 map stays float32
+            levels = np.rint(np.sqrt(scaled, out=scaled) * (colors.LEVELS - 1)).astype(np.int16)
+        else:
+            levels = np.zeros(w.shape, dtype=np.int16)
+        # Causal mask: query i sits at position n_k - n_q + i and sees keys up to it.
+        positions = np.arange(q0, q1)[:, None] + (self.n_key - self.n_query)
+        levels[np.arange(self.n_key)[None, :] > positions] = MASKED_LEVEL
+        self._blocks[b] = levels
+        return levels
+
+    @property
+    def levels(self) -> np.ndarray:
+        """The whole map's colour levels [T_q, T_k]."""
+        return self.level_rows(0, self.n_query, 0, self.n_key)
 
 
 @dataclass
@@ -109,19 +145,10 @@ def head_map(trace: Trace, step: int, layer: int, head: int, weights: np.ndarray
     n_head, n_q, n_k = weights.shape
     w = np.asarray(weights[head])  # as stored (float32): a view, no copy of a 512 × 512 map
     vmax = float(w.max()) if w.size else 0.0
-    if vmax > 0:
-        scaled = np.clip(w / vmax, 0.0, 1.0)  # a float32 map stays float32
-        levels = np.rint(np.sqrt(scaled, out=scaled) * (colors.LEVELS - 1)).astype(np.int16)
-    else:
-        levels = np.zeros(w.shape, dtype=np.int16)
-    # Causal mask: query i sits at position n_k - n_q + i and sees keys up to it.
-    positions = np.arange(n_k - n_q, n_k)[:, None]
-    levels[np.arange(n_k)[None, :] > positions] = MASKED_LEVEL
-
     keys = keys if keys is not None and len(keys.labels) == n_k else key_labels(trace, step, n_k)
     model = trace.info.get("model", {})
     n_kv = int(model.get("n_head_kv") or n_head)
-    return HeadMap(step, layer, head, n_head, n_kv, w, levels, keys.labels, keys.special,
+    return HeadMap(step, layer, head, n_head, n_kv, w, keys.labels, keys.special,
                    keys.labels[n_k - n_q:], keys.axis, vmax, keys.longest)
 
 
@@ -131,21 +158,27 @@ def head_entropy(weights: np.ndarray) -> np.ndarray:
     float32 (the weights' own precision; a float64 copy of a prefill's [9, 512, 512] cost ~100 ms),
     and by blocks of queries over the keys they can see: past a causal query's position the
     weights are zero and contribute nothing (checked, not assumed: a block with any weight past
-    it is summed whole)."""
+    it is summed whole). One head's block at a time, through one buffer: a block of all heads
+    (9 × 64 × 512) outgrew the cache and took twice as long (~13 ms for a 512-token prefill)."""
     w = np.asarray(weights)
     n_head, n_q, n_k = w.shape
     total = np.zeros(n_head, dtype=np.float64)
     if w.size == 0:
         return total
-    tiny = np.finfo(w.dtype).tiny if w.dtype.kind == "f" else np.finfo(np.float64).tiny
+    dtype = np.result_type(w.dtype, np.float32)
+    tiny = np.finfo(dtype).tiny
+    buffer = np.empty(min(n_q, ENTROPY_BLOCK) * n_k, dtype=dtype)
     for q0 in range(0, n_q, ENTROPY_BLOCK):
         q1 = min(n_q, q0 + ENTROPY_BLOCK)
         k1 = max(0, min(n_k, n_k - n_q + q1))  # keys up to the block's last query's position
         if k1 < n_k and w[:, q0:q1, k1:].any():
             k1 = n_k
-        p = w[:, q0:q1, :k1]
-        terms = p * np.log(np.maximum(p, tiny))  # 0 · log(tiny) = 0: zeros contribute nothing
-        total -= terms.sum(axis=-1).sum(axis=-1, dtype=np.float64)
+        for head in range(n_head):
+            p = w[head, q0:q1, :k1]
+            terms = buffer[: p.size].reshape(p.shape)
+            np.log(np.maximum(p, tiny, out=terms), out=terms)
+            terms *= p  # 0 · log(tiny) = 0: zeros contribute nothing
+            total[head] -= terms.sum(dtype=np.float64)
     return total / n_q
 
 
@@ -161,7 +194,7 @@ def _color(level: int):
     return colors.MASKED if level == MASKED_LEVEL else colors.RAMP[level]
 
 
-class Heatmap(ScrollView, can_focus=True):
+class Heatmap(LineScrollView, can_focus=True):
     """The weights of one head, drawn with the line API."""
 
     class Hovered(Message):
@@ -181,10 +214,12 @@ class Heatmap(ScrollView, can_focus=True):
         # step, so kept while the labels are (`KeyLabels` is made once per step).
         self._axis: LRUCache[tuple[str, int, int, int], Strip] = LRUCache(maxsize=1024)
         self._axis_of: tuple | None = None
-        self._styles: dict[tuple[int, int], Style] = {}
+        self._styles: dict[int, Style] = {}  # by the code of `_style`
         self._cell_width = 1
         self._hover: tuple[int, int] | None = None
         self._base: Style | None = None  # rich_style, read once: it walks the DOM (~0.2 ms a read)
+        self._area = Size(0, 0)  # the map's area (scrollable width, height) when last on screen
+        self._label_rows = 0
 
     # Geometry -----------------------------------------------------------------
 
@@ -197,15 +232,28 @@ class Heatmap(ScrollView, can_focus=True):
 
     @property
     def label_rows(self) -> int:
-        if self.map is None:
-            return 0
-        return max(1, min(MAX_KEY_LABEL_ROWS, self.map.longest_key, self.size.height // 3))
+        """Rows of key labels above the map (set by `_update_geometry`: they follow the height)."""
+        return 0 if self.map is None else self._label_rows
 
     @property
     def n_lines(self) -> int:
         if self.map is None:
             return 0
         return 1 if self.map.n_query == 1 else (self.map.n_query + 1) // 2
+
+    @property
+    def area(self) -> Size:
+        """The map's area: its scrollable width and its height. While another view is shown the
+        widget has no region (size 0), yet `show` sets the map of the view about to appear: the
+        area it had when last on screen (the view comes back in the same place), or before its
+        first appearance the nearest shown ancestor's, so the layout that shows it gets the
+        geometry right and the Resize after it changes nothing (no second layout and frame)."""
+        if self.size.width and self.size.height:
+            self._area = Size(self.scrollable_content_region.width, self.size.height)
+        elif not self._area:
+            shown = next((node for node in self.ancestors_with_self if getattr(node, "size", None)), None)
+            return Size(shown.size.width, shown.size.height) if shown is not None else Size(0, 0)
+        return self._area
 
     def set_map(self, head_map: HeadMap | None) -> None:
         self.map = head_map
@@ -215,25 +263,34 @@ class Heatmap(ScrollView, can_focus=True):
             self._axis.clear()
             self._axis_of = axis_of
         self._hover = None
-        self._update_geometry()  # the same size (a head or layer change): no layout
-        self.refresh()
+        self._update_geometry()
+        self.refresh_changed()
 
-    def _update_geometry(self) -> None:
+    def _update_geometry(self) -> bool:
+        """Fit the cells and the label rows to the area; True when that changed what is drawn."""
         if self.map is None:
-            self.virtual_size = Size(0, 0)
-            return
-        room = max(1, self.scrollable_content_region.width - self.axis_width)
+            return self.set_virtual_size(Size(0, 0))
+        changed = False
+        room = max(1, self.area.width - self.axis_width)
         cell = max(1, min(3, room // max(1, self.map.n_key)))
         if cell != self._cell_width:
             self._cell_width = cell
             self._lines.clear()
             self._axis.clear()
-        self.virtual_size = Size(self.axis_width + self.map.n_key * cell, self.label_rows + self.n_lines)
+            changed = True
+        label_rows = max(1, min(MAX_KEY_LABEL_ROWS, self.map.longest_key, self.area.height // 3))
+        if label_rows != self._label_rows:
+            self._label_rows = label_rows
+            self._axis.clear()  # the corner's "query ↓" sits on the last label row
+            changed = True
+        size = Size(self.axis_width + self.map.n_key * cell, self.label_rows + self.n_lines)
+        return self.set_virtual_size(size) or changed
 
     def on_resize(self, event: events.Resize) -> None:
-        self._lines.clear()  # label_rows follows the height
-        self._axis.clear()
-        self._update_geometry()
+        # The strips are cached by width: a new width draws new ones. The same geometry (the view
+        # shown again where it was) needs no second frame.
+        if self._update_geometry():
+            self.refresh()
 
     def notify_style_update(self) -> None:
         super().notify_style_update()
@@ -249,11 +306,12 @@ class Heatmap(ScrollView, can_focus=True):
 
     # Drawing -------------------------------------------------------------------
 
-    def _style(self, top: int, bottom: int) -> Style:
-        style = self._styles.get((top, bottom))
-        if style is None:
-            bg = None if bottom == NO_ROW else _color(bottom)
-            style = self._styles[(top, bottom)] = Style(color=_color(top), bgcolor=bg)
+    def _style(self, code: int) -> Style:
+        """The style of a cell whose upper and lower halves have the levels of `code` = top · 64 + bottom."""
+        top = (code - NO_ROW) // 64  # bottom is NO_ROW (-2) … LEVELS - 1 < 62
+        bottom = code - top * 64
+        bg = None if bottom == NO_ROW else _color(bottom)
+        style = self._styles[code] = Style(color=_color(top), bgcolor=bg)
         return style
 
     def _keys_on_screen(self, scroll_x: int, room: int) -> tuple[int, int]:
@@ -265,21 +323,19 @@ class Heatmap(ScrollView, can_focus=True):
     def _row_strip(self, line: int, k0: int, k1: int) -> Strip:
         """Keys k0..k1 of one line of the map: a segment per run of equal colours."""
         assert self.map is not None
-        levels = self.map.levels
+        rows = self.map.level_rows(2 * line, 2 * line + 2, k0, k1)  # one row at a decode step or an odd end
         if self.map.n_query == 1:
-            top, bottom, char = levels[0, k0:k1], None, "█"
+            top, bottom, char = rows[0], None, "█"
         else:
-            top = levels[2 * line, k0:k1]
-            bottom = levels[2 * line + 1, k0:k1] if 2 * line + 1 < self.map.n_query else None
-            char = "▀"
+            top, bottom, char = rows[0], rows[1] if len(rows) > 1 else None, "▀"
         pairs = top.astype(np.int32) * 64 + (NO_ROW if bottom is None else bottom)  # one code per cell
         starts = np.flatnonzero(np.diff(pairs)) + 1
         bounds = [0, *starts.tolist(), len(pairs)]
-        tops, bottoms = top.tolist(), None if bottom is None else bottom.tolist()
-        segments = [Segment(char * ((b - a) * self._cell_width),
-                            self._style(tops[a], NO_ROW if bottoms is None else bottoms[a]))
-                    for a, b in zip(bounds, bounds[1:]) if b > a]
-        return Strip(segments, (k1 - k0) * self._cell_width)
+        codes = pairs[bounds[:-1]].tolist() if len(pairs) else []
+        styles, cell = self._styles, self._cell_width
+        segments = [Segment(char * ((b - a) * cell), styles.get(code) or self._style(code))
+                    for a, b, code in zip(bounds, bounds[1:], codes)]
+        return Strip(segments, (k1 - k0) * cell)
 
     def _gutter_strip(self, line: int) -> Strip:
         assert self.map is not None
@@ -306,14 +362,23 @@ class Heatmap(ScrollView, can_focus=True):
         cell = self._cell_width
         pad, after = " " * ((cell - 1) // 2), " " * (cell - 1 - (cell - 1) // 2)
         special = self.map.key_special
-        segments = []
+        # One segment per run of keys in the same style, not one per key: every segment costs again
+        # in Textual's filters, the compositor's cuts and the terminal output (a prefill's label rows
+        # were ~100 segments each, the costliest lines of the view to paint).
+        segments, run, run_style = [], [], None
         for k in range(k0, k1):
             label = self.map.key_axis[k]
             ch = label[row] if row < len(label) else " "
             if not (ch.isascii() and ch.isprintable()) and cell_len(ch) != 1:
                 ch = "·"  # a wide character would break the columns
             style = styles[0] if k == 0 else styles[1] if special[k] else styles[2]
-            segments.append(Segment(pad + ch + after, style))
+            if style is not run_style and run:
+                segments.append(Segment("".join(run), run_style))
+                run = []
+            run_style = style
+            run.append(pad + ch + after)
+        if run:
+            segments.append(Segment("".join(run), run_style))
         return Strip(segments, (k1 - k0) * cell)
 
     def _corner(self, row: int) -> Strip:
@@ -323,8 +388,8 @@ class Heatmap(ScrollView, can_focus=True):
         style = self.base_style + Style(color=colors.DIM)
         return Strip([Segment(" " * (width - 1 - cell_len(text)) + text + " ", style)])
 
-    def render_line(self, y: int) -> Strip:
-        width = self.scrollable_content_region.width
+    def draw_line(self, y: int) -> Strip:
+        width = self.line_width
         if self.map is None:
             return Strip.blank(width, self.base_style)
         scroll_x, scroll_y = self.scroll_offset
@@ -353,7 +418,8 @@ class Heatmap(ScrollView, can_focus=True):
         k0, k1 = self._keys_on_screen(scroll_x, room)
         skip = scroll_x - k0 * self._cell_width
         body = draw(index, k0, k1).crop(skip, skip + room)
-        return Strip.join([left, body]).adjust_cell_length(width, self.base_style)
+        line = Strip([*left, *body], left.cell_length + body.cell_length)  # Strip.join measures them again
+        return line.adjust_cell_length(width, self.base_style)
 
     # Mouse -----------------------------------------------------------------------
 
