@@ -35,17 +35,16 @@ The last lines give the issue's figures: median and worst over every timed press
 stepping presses, and over the attention opens.
 
 Where a press's time goes (`--profile KEY`; 2 shared cores, so compare ratios in one run): a step
-repaints the view, the navigator (every stop's time changes), the step bar and the stream, at
-~0.1-0.3 ms of Textual's pipeline per line painted; a Static.update lays the whole screen out again.
-Fixed so far: the navigator re-expanded open stops on every layer key (Tree.expand rebuilds the
-tree and lays out the screen, then a second frame moved the cursor), and relabelled every layer row
-of every open stop on each step (with four stops open, a step cost twice as much); TextLines split lines through
-rich's `divide` (a third of the residual view's paint); logits, sampling and timing drew through
-Textual's content path (now TextLines; timing also keeps its per-step sums); the event view was two
-Statics in a container (a layout and two full wraps per step; now the line API). Left: the tokens
-view on a long prompt, the attention view (three Static updates and a new virtual size per change:
-three layouts; per-head entropy of all heads per change), the kv view's Statics, the help screen's
-first open (its CSS is loaded then).
+repaints the lines of the view that changed, the navigator's rows (every stop's time changes), the
+step bar and the stream, at ~0.1-0.3 ms of Textual's pipeline per line painted; a view switch lays
+the screen out and paints the view's whole area. What made presses slow, and was fixed: layouts no
+press needed (Static.update, a virtual size set on every step, a view first shown from size zero),
+second and third frames after the first paint (Resize handlers redoing work, scrollbars repainted
+after a layout, Textual's Footer remounting its keys), lines drawn through Textual's content path
+or one `Text.append` per cell, styles looked up per line, and the cycle collector's full passes
+(60-90 ms, every few dozen presses; now it runs once the person pauses, inspector/collector.py,
+and its cost is printed on its own). Left: the first open of each view in a session (Textual sizes
+and mounts scrollbars then: 3-4 frames), and the whole-area paint of a view switch.
 """
 
 from __future__ import annotations
@@ -159,6 +158,7 @@ class Bench:
         self.sections: dict[str, list[tuple[str, str]]] = {}
         self.profile_key = profile_key
         self.profiler = cProfile.Profile() if profile_key else None
+        self.sweep_ms = 0.0
 
     async def settle(self) -> None:
         start = time.perf_counter()
@@ -239,6 +239,11 @@ async def drive(trace, reps: int, profile_key: str | None, activity: Activity) -
             await bench.press("a", "attn@prefill", "prefill")
         await bench.press("question_mark", "help", "help")
         await bench.press("escape", "help", "help")
+        # The full collection the app runs once the person pauses (inspector/collector.py): never
+        # inside a press here (presses come 50 ms apart), so time it on its own.
+        start = time.perf_counter()
+        app._collector.sweep()
+        bench.sweep_ms = (time.perf_counter() - start) * 1e3
     return bench
 
 
@@ -269,6 +274,7 @@ def report(label: str, bench: Bench) -> None:
         samples = [s for k in keys for s in bench.rows[k]]
         if samples:
             print(f"{name}: {summary(samples)}")
+    print(f"collector sweep after a pause (not in any press): {bench.sweep_ms:.0f} ms")
     if bench.profiler is not None:
         out = io.StringIO()
         pstats.Stats(bench.profiler, stream=out).sort_stats("cumulative").print_stats(30)
