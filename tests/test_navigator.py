@@ -1,8 +1,10 @@
-"""The navigator: its cursor follows the layer keys, and its layer rows show the selected step's times."""
+"""The navigator: its cursor follows the layer keys, its layer rows show the selected step's times, and
+the cursor reaches the screen with the stop it picks."""
 
 from inspector.app import make_app
 from traces.live import MemoryTrace
 from traces.schema import Event
+from views.navigator import Navigator
 
 LARGE = (140, 40)
 
@@ -71,3 +73,35 @@ async def test_layer_rows_show_the_selected_steps_times_once_on_screen():
             await pilot.pause()
         times = layer_times(nav, "attn")
         assert [times[layer] for layer in range(N_LAYER)] == [f"{20 + layer}.0µs" for layer in range(N_LAYER)]
+
+
+async def test_the_cursor_paints_with_the_stop_it_picks(synthetic_trace, monkeypatch):
+    # ↓ and ↑ move the cursor onto another stop: its row must not reach the screen before the app
+    # has picked that stop (the cursor in one frame, its view in the next).
+    app = make_app(synthetic_trace)
+    async with app.run_test(size=LARGE) as pilot:
+        nav = app.query_one("#nav")
+        await pilot.pause()
+        painted_with = []  # at each paint of the navigator: (the cursor's stop, layer), (the app's)
+        paint = Navigator.render_lines
+
+        def spy(self, crop):
+            item, sel = self.cursor_node.data, app.selection
+            if item is not None:
+                painted_with.append(((item.stop, item.layer), (sel.stop, None if item.layer is None else sel.layer)))
+            return paint(self, crop)
+
+        monkeypatch.setattr(Navigator, "render_lines", spy)
+        moved = 0
+        for key in ("down", "down", "down", "up", "up", "down", "down", "down", "down", "down"):
+            before = nav.cursor_node
+            painted_with.clear()
+            await pilot.press(key)
+            await pilot.pause()
+            if nav.cursor_node.data is None or nav.cursor_node is before:
+                continue  # a phase's row: nothing to pick
+            moved += 1
+            assert painted_with
+            for cursor, selected in painted_with:
+                assert cursor == selected, f"{key}: the cursor on {cursor} was painted while {selected} was shown"
+        assert moved >= 6

@@ -3,7 +3,9 @@
 A stop the trace captured is drawn with ●, one it did not with a dim ○. The time beside a
 stop is the sum of its events' `dur_ns` at the selected step (all layers, for a per-layer
 stop); beside a layer, that layer's own time, with the slowest layer of the stop flagged.
-Moving the cursor posts `Navigator.Picked`; the app decides what to show.
+Moving the cursor posts `Navigator.Picked` to the app, which decides what to show.
+Every step changes most rows, so the tree draws its rows itself, as Tree would but cheaply
+(views/tree_rows.py).
 """
 
 from __future__ import annotations
@@ -11,14 +13,12 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
-from rich.style import Style
-from rich.text import Text
+from rich.text import Span, Text
 from textual import events
 from textual.binding import Binding
 from textual.content import Content
 from textual.geometry import Region
 from textual.message import Message
-from textual.strip import Strip
 from textual.widgets import Tree
 from textual.widgets.tree import TreeNode
 
@@ -26,7 +26,7 @@ from traces.base import Trace
 from traces.schema import PHASES, STOPS
 from views import colors
 from views.format import duration
-from views.safe import assemble
+from views.tree_rows import TreeRows
 
 PHASE_TITLES = {"entry": "entry", "layer": "layers", "exit": "exit", "protocol": "protocol"}
 
@@ -48,7 +48,7 @@ def step_times(trace: Trace, step: int) -> tuple[dict[str, int], dict[tuple[str,
     return per_stop, per_layer
 
 
-class Navigator(Tree[NavItem]):
+class Navigator(TreeRows, Tree[NavItem]):
     """The stop tree of one trace."""
 
     # The tree never needs to scroll sideways: ← → move between steps, as they do in the app.
@@ -77,10 +77,11 @@ class Navigator(Tree[NavItem]):
         self._labels: dict[int, Text] = {}
         self._scanned = 0  # steps whose stops are in `_captured` for good (all but a live run's last)
         self._layer_times: tuple[dict, dict] = ({}, {})  # per (stop, layer) ns and each stop's slowest layer
+        self._times: dict[tuple[int, int], tuple] = {}  # (step, its event count) -> its times (_step_times)
+        self._stop_labels: dict[tuple, Text] = {}  # (stop, captured, ns) or (layer, ns, slow) -> its label
         self._labels_for = 0  # bumped by each update_labels: which times the layer labels should show
         self._layer_labelled: dict[tuple[str, int], int] = {}  # (stop, layer) -> the `_labels_for` it shows
-        self._paint_style: Style | None = None  # the widget's style, looked up once per paint
-        self._paint_components: dict | None = None  # component rule sets, looked up once per paint
+        self._sized_for: tuple | None = None  # (size, virtual size, container size) the scrollbar was set for
         self._relabelled: list[TreeNode[NavItem]] = []  # relabelled nodes whose rows await a repaint
 
     def build(self, trace: Trace) -> None:
@@ -117,28 +118,55 @@ class Navigator(Tree[NavItem]):
             return
         self._shown = key
         captured = self._captured_stops(trace)
-        per_stop, per_layer = step_times(trace, step)
-        slowest: dict[str, int] = {}
-        for (stop, layer), ns in per_layer.items():
-            if ns > per_layer.get((stop, slowest.get(stop, -1)), -1):
-                slowest[stop] = layer
+        per_stop, per_layer, slowest = self._step_times(trace, step)
         self._layer_times = (per_layer, slowest)
         self._labels_for += 1
         for stop in STOPS:
             node = self._stop_nodes.get(stop.name)
-            if node is None:
-                continue
-            here = stop.name in per_stop
-            mark = ("● ", colors.CHOSEN) if stop.name in captured else ("○ ", colors.DIM)
-            label = assemble(mark, (stop.title, "" if stop.name in captured else colors.DIM))
-            if here:
-                label.append_text(assemble((f" {duration(per_stop[stop.name])}", colors.DIM)))
-            self._set_label(node, label)
+            if node is not None:
+                self._set_label(node, self._stop_label(stop, stop.name in captured, per_stop.get(stop.name)))
         # The layer rows: only those on screen now. Relabelling every layer of every open stop on each
         # step doubled a keypress once four stops were open (bench/ui.py); the others are relabelled
         # when they come into view (a scroll, a stop opened, a taller tree).
         self._label_visible_layers()
         self._title_step(step)
+
+    def _step_times(self, trace: Trace, step: int) -> tuple[dict, dict, dict[str, int]]:
+        """`step_times` and each stop's slowest layer, kept for the steps seen last (a step's events
+        only grow, so their count tells a kept answer from a stale one)."""
+        key = (step, len(trace.events(step)))
+        times = self._times.get(key)
+        if times is None:
+            per_stop, per_layer = step_times(trace, step)
+            slowest: dict[str, int] = {}
+            most: dict[str, int] = {}
+            for (stop, layer), ns in per_layer.items():
+                if ns > most.get(stop, -1):  # the first of equal times: the lowest layer
+                    most[stop], slowest[stop] = ns, layer
+            if len(self._times) >= 64:
+                del self._times[next(iter(self._times))]
+            times = self._times[key] = (per_stop, per_layer, slowest)
+        return times
+
+    def _stop_label(self, stop, captured: bool, ns: int | None) -> Text:
+        """`● title 1.2ms` (a dim `○ title` if the trace never captured the stop). The catalog's own
+        words and a number: nothing to escape. Kept, so a step seen again relabels nothing."""
+        key = (stop.name, captured, ns)
+        label = self._stop_labels.get(key)
+        if label is None:
+            mark = "● " if captured else "○ "
+            plain = mark + stop.title
+            spans = [Span(0, len(mark), colors.CHOSEN if captured else colors.DIM)]
+            if not captured:
+                spans.append(Span(len(mark), len(plain), colors.DIM))
+            if ns is not None:
+                time = f" {duration(ns)}"
+                spans.append(Span(len(plain), len(plain) + len(time), colors.DIM))
+                plain += time
+            if len(self._stop_labels) > 4096:
+                self._stop_labels.clear()
+            label = self._stop_labels[key] = Text(plain, end="", spans=spans)
+        return label
 
     def _title_step(self, step: int) -> None:
         """Name the step in the border. Setting `border_title` repaints every row of the tree, though
@@ -170,12 +198,33 @@ class Navigator(Tree[NavItem]):
                 continue
             self._layer_labelled[key] = self._labels_for
             ns = per_layer.get(key)
-            text = Text(f"layer {item.layer}", end="")  # our own words and numbers: nothing to escape
-            if ns is not None:
-                slow = slowest.get(item.stop) == item.layer and self._n_layer > 1
-                text.append(f" {duration(ns)}", style=colors.WARN if slow else colors.DIM)
-            self._set_label(node, text)
+            slow = ns is not None and slowest.get(item.stop) == item.layer and self._n_layer > 1
+            self._set_label(node, self._layer_label(item.layer, ns, slow))
         self._repaint_relabelled()
+
+    def _layer_label(self, layer: int, ns: int | None, slow: bool) -> Text:
+        """`layer 3 1.2ms`, the time flagged on the stop's slowest layer; kept, as the stops' labels are."""
+        key = (layer, ns, slow)
+        label = self._stop_labels.get(key)
+        if label is None:
+            label = Text(f"layer {layer}", end="")  # our own words and numbers: nothing to escape
+            if ns is not None:
+                label.append(f" {duration(ns)}", style=colors.WARN if slow else colors.DIM)
+            if len(self._stop_labels) > 4096:
+                self._stop_labels.clear()
+            self._stop_labels[key] = label
+        return label
+
+    def _size_updated(self, size, virtual_size, container_size, layout: bool = True) -> bool:
+        """Each layout of the screen (every view switch) hands the tree the compositor's virtual size,
+        which differs from the one the tree keeps for itself, so Textual set the scrollbar again and
+        repainted it a frame after the view (a second frame for every switch). Only a new size, or a
+        new virtual size of the tree's own, can move the scrollbar."""
+        key = (size, self.virtual_size, container_size)
+        if key == self._sized_for:
+            return False
+        self._sized_for = key
+        return super()._size_updated(size, virtual_size, container_size, layout)
 
     def on_tree_node_expanded(self, event: Tree.NodeExpanded[NavItem]) -> None:
         self._label_visible_layers()
@@ -195,7 +244,8 @@ class Navigator(Tree[NavItem]):
         sixth of the navigator's cost (bench/ui.py --profile). Our labels are one line of our own text,
         so store it as set_label does (the `_updates` bump is what retires the row's cached strip)
         and repaint just the relabelled rows, at once, in `_repaint_relabelled`."""
-        if self._labels.get(id(node)) != label:
+        shown = self._labels.get(id(node))
+        if shown is not label and shown != label:
             self._labels[id(node)] = label
             if not hasattr(node, "_updates"):  # a Textual whose TreeNode keeps these elsewhere: the public way
                 node.set_label(label)
@@ -228,39 +278,13 @@ class Navigator(Tree[NavItem]):
             width = self.size.width
             self.refresh(*(Region(0, first - top, width, end - first) for first, end in runs))
 
-    # Each paint sends every row of the tree through Tree.render_line (unchanged rows too, to fetch
-    # them from its cache), which looks up `rich_style`, a walk over every ancestor's CSS, per row:
-    # a quarter of the navigator's paint on a step change (bench/ui.py). It cannot change within one
-    # paint, so look it up once.
-    # Likewise each row it draws looks up three component rule sets (`tree--guides`, ...: a CSS
-    # query each, a tenth of a row's cost): they cannot change within one paint either.
-    def render_lines(self, crop: Region) -> list[Strip]:
-        self._paint_style = super().rich_style
-        self._paint_components = {}
-        try:
-            return super().render_lines(crop)
-        finally:
-            self._paint_style = None
-            self._paint_components = None
-
-    @property
-    def rich_style(self) -> Style:
-        return self._paint_style if self._paint_style is not None else super().rich_style
-
-    def get_component_styles(self, *names: str):
-        memo = self._paint_components
-        if memo is None:
-            return super().get_component_styles(*names)
-        if names not in memo:
-            memo[names] = super().get_component_styles(*names)
-        return memo[names]
-
     def _captured_stops(self, trace: Trace) -> set[str]:
-        """The stops seen anywhere in the trace, scanning each finished step once."""
+        """The stops seen anywhere in the trace, scanning each finished step once (all of them, once
+        the run is over; before, the last step again each time: it may still grow)."""
         steps = trace.steps
         for step in steps[self._scanned:]:
             self._captured.update(e.stop for e in trace.events(step))
-        self._scanned = max(0, len(steps) - 1)
+        self._scanned = len(steps) if trace.complete else max(0, len(steps) - 1)
         return self._captured
 
     def move_to(self, stop: str, layer: int | None) -> None:
@@ -286,10 +310,22 @@ class Navigator(Tree[NavItem]):
         else:
             self.move_cursor(node)
 
+    # The cursor --------------------------------------------------------------------------
+    # Tree posts NodeHighlighted to the tree, which handled it (posting Picked up to the app) after
+    # the key: by then the screen had the cursor's rows to paint, and painted them before the app
+    # had picked the stop (↓ onto a stop of another view: two paints, a frame apart). A key's action
+    # runs in the app's own turn, so Picked, posted to the app as the cursor moves, is handled
+    # right after the key, before the screen paints: the cursor and the stop in one frame.
+    def watch_cursor_line(self, previous_line: int, line: int) -> None:
+        previous = self.get_node_at_line(previous_line)
+        super().watch_cursor_line(previous_line, line)
+        node = self.cursor_node
+        if previous_line != line and node is not None and node is not previous and node.data is not None:
+            # Where Tree posts NodeHighlighted. Before the tree is mounted there is no app to tell.
+            (self.app if self.is_mounted else self).post_message(self.Picked(node.data))
+
     def on_tree_node_highlighted(self, event: Tree.NodeHighlighted[NavItem]) -> None:
-        event.stop()
-        if event.node.data is not None:
-            self.post_message(self.Picked(event.node.data))
+        event.stop()  # watch_cursor_line has told the app
 
     def on_tree_node_selected(self, event: Tree.NodeSelected[NavItem]) -> None:
         event.stop()
