@@ -15,7 +15,10 @@ of work that press caused: the last message handled by any widget, the last idle
 screen's frame-timer callback that lays out and paints, the after-paint callbacks. The paint
 includes turning the compositor's update into the escape sequences a terminal would be sent
 (headless Textual skips that; the bench does it, so its cost is counted). The bench waits for
-50 ms of quiet before the next press, so presses never overlap. `ms` is that wall time; `cpu`
+50 ms of quiet before the next press, so presses never overlap, and pauses 0.8 s after each
+view's stepping, as a person reading the view would: the app runs Python's full cycle
+collections in such pauses (inspector/collector.py; the last lines say whether any ran inside a
+timed press, and what one costs). `ms` is that wall time; `cpu`
 the process time over the same span; `1st paint` the wall time to the end of the first paint
 (what the person sees first; a press that needs a second frame, such as the navigator's cursor
 following the view, ends later, and Textual spaces frames 1/60 s apart). A key bound to nothing
@@ -74,6 +77,7 @@ sys.path.insert(0, str(ROOT))
 
 import traces  # noqa: E402
 from inspector.app import make_app  # noqa: E402
+from inspector.collector import IDLE_S  # noqa: E402
 
 SHORT = "Explain the theory of relativity in simple terms."
 SENTENCE = ("The theory of relativity, proposed by Albert Einstein, changed how physicists think about space, "
@@ -86,6 +90,7 @@ VIEW_KEYS = [("t", "tokens"), ("a", "attention"), ("g", "logits"), ("r", "residu
 HEAD_VIEWS = {"attention", "qkv"}
 PREFILL_LAYERS = (0, 7, 15, 22, 29)
 IDLE = "z"  # bound to nothing: the cost of a keypress through the pipeline
+PAUSE_S = IDLE_S + 0.3  # between views: long enough for the collector's pause (inspector/collector.py)
 
 
 class Activity:
@@ -159,6 +164,7 @@ class Bench:
         self.profile_key = profile_key
         self.profiler = cProfile.Profile() if profile_key else None
         self.sweep_ms = 0.0
+        self.sweeps_in_presses = 0  # full collections that ran inside a timed press
 
     async def settle(self) -> None:
         start = time.perf_counter()
@@ -179,8 +185,11 @@ class Bench:
             self.profiler.enable()
         wall, cpu = time.perf_counter(), time.process_time()
         self.activity.wall, self.activity.cpu, paints = wall, cpu, len(self.activity.paints)
+        sweeps = self.app._collector.sweeps
         self.app._driver.send_message(key_event(key))
         await self.settle()
+        if section is not None and self.app._collector.sweeps != sweeps:
+            self.sweeps_in_presses += 1
         if profiling:
             self.profiler.disable()
         if section is None:
@@ -232,6 +241,7 @@ async def drive(trace, reps: int, profile_key: str | None, activity: Activity) -
                 await bench.press("down", view, "step")
                 await bench.press("up", view, "step")
             await bench.press(IDLE, "-", "idle")
+            await asyncio.sleep(PAUSE_S)  # a person reads the view before the next: the app's pause
         # Opening the attention view at the prefill, where the map is every prompt token squared.
         for layer in PREFILL_LAYERS:
             await bench.press("t", "tokens")
@@ -239,8 +249,7 @@ async def drive(trace, reps: int, profile_key: str | None, activity: Activity) -
             await bench.press("a", "attn@prefill", "prefill")
         await bench.press("question_mark", "help", "help")
         await bench.press("escape", "help", "help")
-        # The full collection the app runs once the person pauses (inspector/collector.py): never
-        # inside a press here (presses come 50 ms apart), so time it on its own.
+        # A full collection, as the app runs them in a pause (inspector/collector.py), timed on its own.
         start = time.perf_counter()
         app._collector.sweep()
         bench.sweep_ms = (time.perf_counter() - start) * 1e3
@@ -274,7 +283,8 @@ def report(label: str, bench: Bench) -> None:
         samples = [s for k in keys for s in bench.rows[k]]
         if samples:
             print(f"{name}: {summary(samples)}")
-    print(f"collector sweep after a pause (not in any press): {bench.sweep_ms:.0f} ms")
+    print(f"full collections inside a timed press: {bench.sweeps_in_presses}; one after a pause, "
+          f"when none is waiting: {bench.sweep_ms:.0f} ms")
     if bench.profiler is not None:
         out = io.StringIO()
         pstats.Stats(bench.profiler, stream=out).sort_stats("cumulative").print_stats(30)

@@ -191,8 +191,8 @@ class InspectorApp(App[None]):
         if self._run is not None:
             self._run_engine()
         # Python's cycle collector runs between keypresses, not in one (inspector/collector.py).
-        self._collector.sweep()
-        self.set_interval(IDLE_S / 2, self._collector.tick)
+        self._collector.start()
+        self.set_interval(IDLE_S / 4, self._collector.tick)
 
     async def on_event(self, event: events.Event) -> None:
         if isinstance(event, (events.Key, events.MouseDown, events.MouseScrollDown, events.MouseScrollUp)):
@@ -208,10 +208,11 @@ class InspectorApp(App[None]):
         sel, trace = self.selection, self.trace
         switcher = self.query_one(ContentSwitcher)
         if switcher.current != sel.view:
-            switcher.current = sel.view
             # Which keys are enabled depends on the view (`h` in attention): update the key bar now,
-            # in this frame. Textual refreshes the bindings after the frame: a second one (~20 ms).
+            # before the switch, so its repaint is queued ahead of the switch's layout and lands in
+            # the same frame. Textual refreshes the bindings after the frame: a second one (~20 ms).
             self.screen.refresh_bindings()
+            switcher.current = sel.view
         view = switcher.get_child_by_id(sel.view)
         view.show(trace, sel)
         self.query_one(Navigator).update_labels(trace, sel.step)

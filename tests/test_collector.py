@@ -1,4 +1,4 @@
-"""The inspector's collector policy: nothing collected in a keypress, garbage freed after a pause."""
+"""The inspector's collector policy: no full collection inside a keypress, garbage freed in a pause."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import weakref
 import pytest
 
 import inspector.collector as collector_module
-from inspector.collector import Collector
+from inspector.collector import GEN2_DUE, IDLE_S, MAX_DUE, Collector
 
 
 class Node:
@@ -17,50 +17,75 @@ class Node:
 
 
 @pytest.fixture
-def collector():
+def clock(monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr(collector_module, "monotonic", lambda: now[0])
+    return now
+
+
+@pytest.fixture
+def collector(clock):
     c = Collector()
+    c.start()
     yield c
     c.release()
     gc.collect()
 
 
-def test_a_press_freezes_what_exists(collector):
-    gc.unfreeze()
-    kept = [Node() for _ in range(100)]
-    collector.on_input()
-    assert gc.get_freeze_count() >= len(kept)
-    seen = {id(o) for o in gc.get_objects()}  # what a collection walks: frozen objects are not in it
-    assert not any(id(n) in seen for n in kept)
-
-
-def test_garbage_cycles_are_freed_after_a_pause(collector, monkeypatch):
-    now = [1000.0]
-    monkeypatch.setattr(collector_module, "monotonic", lambda: now[0])
+def old_garbage() -> weakref.ref:
+    """A cycle that lived long enough to reach the oldest generation, then became garbage: only a
+    full collection frees it."""
     node = Node()
+    gc.collect(1)  # survivors of a middle-generation collection move to the oldest
     ref = weakref.ref(node)
-    collector.on_input()  # the node is frozen while alive
     del node
+    return ref
+
+
+def make_due(n: int) -> None:
+    for _ in range(n):
+        gc.collect(1)  # each counts towards the next full collection, as Python's own do
+
+
+def test_python_runs_no_full_collection_while_the_app_is_up(clock):
+    before = gc.get_threshold()
+    c = Collector()
+    c.start()
+    try:
+        assert gc.get_threshold()[:2] == before[:2]  # the young generations as usual
+        ref = old_garbage()
+        for _ in range(50):
+            [Node() for _ in range(before[0] + 1)]  # enough allocations for many young collections
+        assert ref() is not None
+    finally:
+        c.release()
+    assert gc.get_threshold() == before
     gc.collect()
-    assert ref() is not None  # frozen: a collection during the busy stretch does not touch it
-    now[0] += collector_module.IDLE_S / 2
+
+
+def test_a_due_collection_waits_for_a_pause(collector, clock):
+    ref = old_garbage()
+    make_due(GEN2_DUE)
+    collector.on_input()
     collector.tick()
-    assert ref() is not None and collector.sweeps == 0  # no pause yet
-    now[0] += collector_module.IDLE_S
+    assert ref() is not None and collector.sweeps == 0  # a key was just pressed
+    clock[0] += IDLE_S
     collector.tick()
     assert ref() is None and collector.sweeps == 1
     collector.tick()
-    assert collector.sweeps == 1  # nothing pressed since: no second sweep
+    assert collector.sweeps == 1  # nothing due any more
 
 
-def test_a_busy_stretch_is_bounded(collector, monkeypatch):
-    monkeypatch.setattr(collector_module, "MAX_BUSY_INPUTS", 3)
+def test_a_pause_alone_does_not_collect(collector, clock):
+    ref = old_garbage()
+    clock[0] += 10 * IDLE_S
+    collector.tick()
+    assert ref() is not None and collector.sweeps == 0  # not due yet: as Python would not either
+
+
+def test_without_a_pause_garbage_is_still_bounded(collector, clock):
+    ref = old_garbage()
+    make_due(MAX_DUE)
     collector.on_input()
-    sweeps = collector.sweeps
-    refs = []
-    for _ in range(5):
-        nodes = [Node() for _ in range(600)]
-        refs += [weakref.ref(n) for n in nodes]
-        collector.on_input()  # never idle
-        del nodes
-    assert collector.sweeps > sweeps
-    assert sum(r() is None for r in refs) >= 600  # cycles frozen before a sweep were freed by it
+    collector.tick()
+    assert ref() is None and collector.sweeps == 1

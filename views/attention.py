@@ -217,7 +217,6 @@ class Heatmap(LineScrollView, can_focus=True):
         self._styles: dict[int, Style] = {}  # by the code of `_style`
         self._cell_width = 1
         self._hover: tuple[int, int] | None = None
-        self._base: Style | None = None  # rich_style, read once: it walks the DOM (~0.2 ms a read)
         self._area = Size(0, 0)  # the map's area (scrollable width, height) when last on screen
         self._label_rows = 0
 
@@ -296,13 +295,6 @@ class Heatmap(LineScrollView, can_focus=True):
         super().notify_style_update()
         self._lines.clear()
         self._axis.clear()
-        self._base = None
-
-    @property
-    def base_style(self) -> Style:
-        if self._base is None:
-            self._base = self.rich_style
-        return self._base
 
     # Drawing -------------------------------------------------------------------
 

@@ -153,7 +153,6 @@ class BlockGrid(LineScrollView, can_focus=True):
         self._rows: LRUCache[tuple, Strip] = LRUCache(maxsize=1024)
         self._styles: dict[tuple, Style] = {}
         self._cell = 2
-        self._base: Style | None = None  # rich_style, read once: it walks the DOM
         self._codes = np.zeros((0, 0), dtype=np.int64)
         self._written: set[int] = set()  # blocks this step wrote to
         self._free: list[int] = []
@@ -191,13 +190,6 @@ class BlockGrid(LineScrollView, can_focus=True):
     def notify_style_update(self) -> None:
         super().notify_style_update()
         self._rows.clear()
-        self._base = None
-
-    @property
-    def base_style(self) -> Style:
-        if self._base is None:
-            self._base = self.rich_style
-        return self._base
 
     def _style(self, *key) -> Style:
         style = self._styles.get(key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.style import Style
 from textual.geometry import Region, Size
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
@@ -27,10 +28,22 @@ class LineScrollView(ScrollView):
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self._painted: dict[int, Strip] = {}  # content line -> the strip last handed to Textual
+        self._base: Style | None = None  # base_style
         self._scrollbars_for: tuple[Size, Size] | None = None  # (size, virtual size) the scrollbars were last set for
 
     def draw_line(self, y: int) -> Strip:
         raise NotImplementedError
+
+    @property
+    def base_style(self) -> Style:
+        """`rich_style`, kept until the styles change: it walks every ancestor's CSS (~0.2 ms a read)."""
+        if self._base is None:
+            self._base = self.rich_style
+        return self._base
+
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._base = None
 
     @property
     def line_width(self) -> int:
