@@ -49,5 +49,4 @@ class KeyFooter(Footer):
             if widget._disabled != disabled:
                 widget._disabled = disabled  # what a click checks
                 widget.set_class(disabled, "-disabled")
-                widget.update_node_styles(animate=False)
         return True
