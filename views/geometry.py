@@ -16,15 +16,21 @@ from __future__ import annotations
 
 from textual.geometry import Size
 from textual.widget import Widget
+from textual.widgets import ContentSwitcher
 
 
 def shown_size(widget: Widget) -> Size:
-    """The widget's content size, or while it is hidden, the one its last layout gave it."""
+    """The widget's content size, or while it is hidden, the one its last layout gave it; for a
+    view never shown yet, the view switcher's (a view fills it)."""
     size = widget.size
-    if size.width or not widget.outer_size.width:
+    if size.width:
+        return size
+    outer = widget.outer_size
+    if not outer.width and isinstance(widget.parent, ContentSwitcher):
+        outer = widget.parent.size
+    if not outer.width:
         return size
     width, height = widget.styles.gutter.totals
-    outer = widget.outer_size
     return Size(max(0, outer.width - width), max(0, outer.height - height))
 
 

@@ -296,7 +296,8 @@ class Navigator(TreeRows, Tree[NavItem]):
             return
         # Tree's expand() rebuilds the tree's lines and lays out the whole screen even when the node
         # is open already: on every layer key that was half the press (bench/ui.py). Expand only
-        # what is closed, and then move once the tree has its new lines (after the next refresh).
+        # what is closed, and move once the tree has its new lines: rebuilt at once where Tree's row
+        # list can be read (a second frame otherwise), after the next refresh where it cannot.
         closed = []
         parent = node.parent
         while parent is not None:
@@ -305,10 +306,12 @@ class Navigator(TreeRows, Tree[NavItem]):
             parent = parent.parent
         for parent in closed:
             parent.expand()
-        if closed:
+        if closed and not self._own_rows:
             self.call_after_refresh(self.move_cursor, node)
-        else:
-            self.move_cursor(node)
+            return
+        if closed:
+            self._tree_lines  # Tree's rows, rebuilt now, give the node its line: move in this frame
+        self.move_cursor(node)
 
     # The cursor --------------------------------------------------------------------------
     # Tree posts NodeHighlighted to the tree, which handled it (posting Picked up to the app) after
