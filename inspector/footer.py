@@ -13,7 +13,11 @@ from __future__ import annotations
 
 from textual.screen import Screen
 from textual.widgets import Footer
-from textual.widgets._footer import FooterKey  # noqa: PLC2701 (the key widget Footer composes)
+
+try:  # the key widget Footer composes (a private module: where it is absent, the bar is rebuilt as Footer does)
+    from textual.widgets._footer import FooterKey
+except ImportError:  # pragma: no cover
+    FooterKey = None
 
 
 class KeyFooter(Footer):
@@ -41,6 +45,8 @@ class KeyFooter(Footer):
         enabled: dict[str, bool] = {}
         for _, binding, on, _ in active.values():
             enabled.setdefault(binding.action, on)  # Footer shows an action's first binding
+        if FooterKey is None:
+            return False
         widgets = list(self.query(FooterKey))
         if not widgets or not all(hasattr(w, "_disabled") for w in widgets):
             return False
