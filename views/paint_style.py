@@ -21,9 +21,13 @@ class PaintStyle:
     def render_lines(self, crop: Region) -> list[Strip]:
         self._paint_style = super().rich_style
         try:
-            return super().render_lines(crop)
+            return self.render_styled_lines(crop)
         finally:
             self._paint_style = None
+
+    def render_styled_lines(self, crop: Region) -> list[Strip]:
+        """The paint, with the style looked up: a subclass that keeps more for one paint extends this."""
+        return super().render_lines(crop)
 
     @property
     def rich_style(self) -> Style:

@@ -24,6 +24,8 @@ from textual.strip import Strip
 from textual.widgets import Tree
 from textual.widgets.tree import TreeNode
 
+from views.paint_style import PaintStyle
+
 TOGGLE = Style.from_meta({"toggle": True})  # what Tree marks a stop's ▶ with: a click there opens it
 _NODE_STATE = ("_updates", "_hover", "_selected", "_label", "_allow_expand", "_id", "_line")  # TreeNode's, read below
 
@@ -57,12 +59,11 @@ class _Paint:
     styles: _RowStyles
 
 
-class TreeRows:
+class TreeRows(PaintStyle):
     """Mixed in before `Tree`."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._paint_style: Style | None = None  # the widget's style, looked up once per paint
         self._paint_components: dict | None = None  # component rule sets, looked up once per paint
         self._paint_rows: _Paint | None = None  # what every row of a paint shares, looked up once per paint
         self._frame: tuple[Segment, Segment, int] | None = None  # the border around a row: left, right, width
@@ -77,14 +78,12 @@ class TreeRows:
                           and all(hasattr(Tree, name) for name in ("_tree_lines", "_render_line",
                                                                    "get_pseudo_class_state")))
 
-    def render_lines(self, crop: Region) -> list[Strip]:
-        self._paint_style = super().rich_style
+    def render_styled_lines(self, crop: Region) -> list[Strip]:
         self._paint_components = {}
         try:
             self._frame_rows(crop)
-            return super().render_lines(crop)
+            return super().render_styled_lines(crop)
         finally:
-            self._paint_style = None
             self._paint_components = None
             self._paint_rows = None
 
@@ -116,7 +115,8 @@ class TreeRows:
                 frame = None
         if frame is None:
             first = rows.pop(0)
-            super().render_lines(Region(0, first, self.outer_size.width, 1))
+            # Textual frames this one row (the paint already under way keeps its style and rows).
+            super(PaintStyle, self).render_lines(Region(0, first, self.outer_size.width, 1))
             sample = framed.get(first)
             if sample is None:
                 return
@@ -129,10 +129,6 @@ class TreeRows:
         for y in rows:
             framed[y] = Strip([left, *self.render_line(y - top), right], width)
             dirty.discard(y)
-
-    @property
-    def rich_style(self) -> Style:
-        return self._paint_style if self._paint_style is not None else super().rich_style
 
     def get_component_styles(self, *names: str):
         memo = self._paint_components
