@@ -27,13 +27,13 @@ from dataclasses import dataclass
 
 import numpy as np
 from rich.style import Style
-from rich.text import Span, Text
+from rich.text import Text
 
 from traces.base import Trace
 from views import colors
 from views.format import step_kind
 from views.pieces import piece_format
-from views.lines import TextLines
+from views.lines import TextLines, cells_text
 from views.safe import NL, assemble, fit
 from views.selection import Selection
 
@@ -147,14 +147,10 @@ def vector_line(label: str, v: np.ndarray, scale: float, width: int) -> Text:
     buckets = np.pad(v, (0, pad)).reshape(-1, size)
     # a bucket shows its value of largest magnitude, sign kept
     picked = buckets[np.arange(buckets.shape[0]), np.abs(buckets).argmax(axis=1)]
-    head = fit(label, LABEL_WIDTH)
     picked = picked.astype(np.float64)  # divided in double precision, as float(x) / scale was
     styles = diverging_row(picked / scale if scale else np.zeros_like(picked))
-    # One span per cell, made directly: Text.append per cell was most of the view's paint.
-    spans = [Span(i, i + 1, style) for i, style in enumerate(styles, start=len(head))]
-    line = Text(head + "█" * len(styles), end="", spans=spans)
-    line.append(f" ‖{float(np.linalg.norm(v)):6.2f}", colors.DIM)
-    return line
+    return cells_text(fit(label, LABEL_WIDTH), [("█", style) for style in styles],
+                      tail=assemble((f" ‖{float(np.linalg.norm(v)):6.2f}", colors.DIM)))
 
 
 def angle_arrow(angle: float) -> str:
