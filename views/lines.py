@@ -62,8 +62,7 @@ class TextLines(PaintStyle, NoScrollLayout, Widget):
 
     def _text_strips(self, text: Text, width: int, base: Style, styles: dict) -> list[Strip]:
         outer, out = text.style, []
-        lines = [(text.plain, text.spans)] if "\n" not in text.plain else split_lines(text)
-        for plain, spans in lines:
+        for plain, spans in split_lines(text):
             segments = line_segments(plain, spans, outer, base, styles)
             if segments is None:  # overlapping spans: rich's general renderer
                 line = Text(plain, style=outer, spans=spans, end="")
